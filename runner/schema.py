@@ -1,0 +1,165 @@
+"""The spec schema: found once, compiled once per process, errors turned into plain words."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from .problems import Problem
+from .yamlload import Document, JsonPath
+
+_PACKAGED = Path(__file__).with_name("spec.schema.json")  # inside an installed wheel
+_SOURCE = Path(__file__).resolve().parent.parent / "schema" / "spec.schema.json"  # the checkout
+
+
+def schema_path() -> Path:
+    """The schema file: the checkout's (the one source) or the installed package's copy."""
+    return _SOURCE if _SOURCE.is_file() else _PACKAGED
+
+
+@functools.cache
+def schema() -> dict:
+    return json.loads(schema_path().read_text(encoding="utf-8"))
+
+
+@functools.cache
+def validator() -> Draft202012Validator:
+    """The compiled validator; built once per process."""
+    return Draft202012Validator(schema())
+
+
+def validate(doc: Document) -> tuple[list[Problem], dict[int, list[Problem]]]:
+    """Schema problems of the whole file, and of each case (by index), in plain words."""
+    file_errors: list[ValidationError] = []
+    case_errors: dict[int, list[ValidationError]] = defaultdict(list)
+    for error in validator().iter_errors(doc.data):
+        path = tuple(error.absolute_path)
+        if len(path) >= 2 and path[0] == "cases" and isinstance(path[1], int):
+            case_errors[path[1]].append(error)
+        else:
+            file_errors.append(error)
+    file_problems = [describe(best_match(file_errors), doc)] if file_errors else []
+    return file_problems, {i: [describe(best_match(errs), doc)] for i, errs in case_errors.items()}
+
+
+_KINDS = {
+    "object": "a map (key: value lines)",
+    "array": "a list",
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "empty",
+}
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, dict):
+        return "a map"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "empty"
+    if isinstance(value, str):
+        return f"the text '{_short(value)}'"
+    return f"the number {value}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def where(path: JsonPath) -> str:
+    """A readable name for a place in the file, relative to its case when inside one."""
+    if len(path) >= 2 and path[0] == "cases" and isinstance(path[1], int):
+        path = path[2:]
+        if not path:
+            return "the case"
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the file"
+
+
+def did_you_mean(word: Any, options: list[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    lowered = {o.lower(): o for o in options}
+    match = lowered.get(word.lower()) or next(
+        iter(difflib.get_close_matches(word, options, n=1, cutoff=0.6)), None
+    )
+    return f"; did you mean '{match}'?" if match else ""
+
+
+def _types(value: Any) -> str:
+    names = value if isinstance(value, list) else [value]
+    return " or ".join(_KINDS.get(name, name) for name in names)
+
+
+def describe(error: ValidationError, doc: Document) -> Problem:
+    """One schema error as a located, plain-words problem."""
+    path = tuple(error.absolute_path)
+    at, kind, inst, val = where(path), error.validator, error.instance, error.validator_value
+    hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
+    if kind == "additionalProperties" and isinstance(inst, dict):
+        known = sorted(error.schema.get("properties", {}))
+        extra = [k for k in inst if k not in known]
+        if extra and known:
+            key = extra[0]
+            inside = "" if at == "the case" else f" in {at}"
+            suggestion = did_you_mean(key, known) or f"; allowed keys: {', '.join(known)}"
+            return doc.problem((*path, key), f"unknown key '{key}'{inside}{suggestion}", at_key=True)
+        if extra:
+            return doc.problem((*path, extra[0]), f"{at}: '{extra[0]}' is not allowed here", at_key=True)
+    if kind == "required":
+        missing = [k for k in val if k not in inst]
+        return doc.problem(path, f"{at} needs the key '{missing[0]}'")
+    if kind == "type":
+        return doc.problem(path, f"{at} must be {_types(val)}, not {kind_of(inst)}")
+    if kind == "enum":
+        options = ", ".join(str(v) for v in val)
+        return doc.problem(
+            path,
+            f"{at}: {kind_of(inst)} is not one of: {options}"
+            + did_you_mean(inst, [str(v) for v in val]),
+        )
+    if kind == "const":
+        return doc.problem(path, f"{at} must be {json.dumps(val)}, not {kind_of(inst)}")
+    if kind == "pattern" and hint:
+        return doc.problem(path, f"{at}: {kind_of(inst)} is not {hint}")
+    if kind == "propertyNames":
+        return doc.problem(path, f"{at}: {error.message}")
+    if kind in ("minimum", "exclusiveMinimum"):
+        word = "at least" if kind == "minimum" else "more than"
+        return doc.problem(path, f"{at} must be {word} {val}, not {inst}")
+    if kind == "maximum":
+        return doc.problem(path, f"{at} must be at most {val}, not {inst}")
+    if kind in ("minItems", "maxItems"):
+        word = "at least" if kind == "minItems" else "at most"
+        return doc.problem(path, f"{at} must have {word} {val} item(s), not {len(inst)}")
+    if kind in ("minProperties", "maxProperties"):
+        word = "at least" if kind == "minProperties" else "at most"
+        return doc.problem(path, f"{at} must have {word} {val} entries")
+    if kind == "minLength":
+        return doc.problem(path, f"{at} must not be empty")
+    if kind == "maxLength":
+        return doc.problem(path, f"{at} is too long (at most {val} characters)")
+    if kind == "uniqueItems":
+        return doc.problem(path, f"{at} lists the same item twice; remove the repeat")
+    if kind == "not":
+        return doc.problem(path, f"{at}: {kind_of(inst)} is not allowed here")
+    if kind in ("oneOf", "anyOf"):
+        expected = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
+        text = f"{at}: {kind_of(inst)} is not valid here"
+        return doc.problem(path, text + (f". Expected: {expected}" if expected else ""))
+    return doc.problem(path, f"{at}: {error.message}")

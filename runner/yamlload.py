@@ -1,0 +1,301 @@
+"""Safe, strict, line-tracked YAML loading.
+
+PyYAML composes the file into nodes (the C parser when available); we build plain
+Python data from those nodes ourselves so that every value keeps the line it came
+from, duplicate keys and YAML 1.1 surprises (``yes``/``no``, ``1:30``) are errors,
+timestamps stay strings, and aliases can't blow up memory or nesting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .problems import Mark, Problem, SpecError
+
+try:  # The C loader is much faster; the pure-Python one gives the same nodes.
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+MAX_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+_TAG = "tag:yaml.org,2002:"
+_BOOL_WORDS = {"true": True, "false": False}
+_constructor = yaml.constructor.SafeConstructor()
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """A loaded spec file: plain data plus the position of every value and key."""
+
+    path: str
+    data: Any
+    marks: dict[JsonPath, Mark] = field(default_factory=dict)
+    key_marks: dict[JsonPath, Mark] = field(default_factory=dict)
+
+    def mark(self, path: JsonPath) -> Mark:
+        """Position of the value at ``path``, or of its nearest located parent."""
+        path = tuple(path)
+        while path not in self.marks and path:
+            path = path[:-1]
+        return self.marks.get(path, Mark(1, 1))
+
+    def key_mark(self, path: JsonPath) -> Mark:
+        """Position of the key that holds ``path`` (falls back to the value)."""
+        return self.key_marks.get(tuple(path)) or self.mark(path)
+
+    def has(self, path: JsonPath) -> bool:
+        return tuple(path) in self.marks
+
+    def problem(self, path: JsonPath, message: str, *, at_key: bool = False) -> Problem:
+        mark = self.key_mark(path) if at_key else self.mark(path)
+        return Problem(self.path, mark, message)
+
+
+def _mark(node: yaml.Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, path: str, max_nodes: int, max_depth: int):
+        self.doc = Document(path, None)
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.count = 0
+        self.active: set[int] = set()
+
+    def fail(self, node: yaml.Node, message: str) -> SpecError:
+        return SpecError([Problem(self.doc.path, _mark(node), message)])
+
+    def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
+        self.count += 1
+        if self.count > self.max_nodes:
+            raise self.fail(
+                node,
+                f"the file expands to more than {self.max_nodes} values (too many aliases?); "
+                "a spec file should be small: split it or remove the repeated aliases",
+            )
+        if depth > self.max_depth:
+            raise self.fail(
+                node, f"values are nested more than {self.max_depth} levels deep; flatten the file"
+            )
+        if id(node) in self.active:
+            raise self.fail(node, "an alias refers to its own anchor (a loop); remove it")
+        self.doc.marks.setdefault(path, _mark(node))
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                self.check_tag(node, "seq")
+                return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+            self.check_tag(node, "map")
+            return self.mapping(node, path, depth)
+        finally:
+            self.active.discard(id(node))
+
+    def check_tag(self, node: yaml.Node, kind: str) -> None:
+        if node.tag != _TAG + kind:
+            raise self.fail(node, f"YAML tags like {node.tag!r} are not allowed in spec files; remove it")
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        tag, text = node.tag, node.value
+        if tag == _TAG + "str" or tag == _TAG + "timestamp":
+            return text  # Dates stay text: nothing in a spec is a date.
+        if tag == _TAG + "null":
+            return None
+        if tag == _TAG + "bool":
+            if text.lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[text.lower()]
+            raise self.fail(
+                node,
+                f"'{text}' is not a boolean here: write true or false "
+                f'(or put it in quotes, "{text}", if you meant the word)',
+            )
+        if tag == _TAG + "int":
+            plain = text.lstrip("+-")
+            if plain.isdigit() and plain.isascii():
+                return int(text)
+            raise self.fail(
+                node,
+                f"'{text}' is read by YAML as a number in an unusual notation; write a plain "
+                f'decimal number, or put it in quotes ("{text}") if you meant text',
+            )
+        if tag == _TAG + "float":
+            return _constructor.construct_yaml_float(node)
+        raise self.fail(node, f"YAML tags like {tag!r} are not allowed in spec files; remove it")
+
+    def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict:
+        out: dict[str, Any] = {}
+        seen: dict[str, Mark] = {}
+        for key_node, value_node in _rejoin_calls(node):
+            if key_node.tag == _TAG + "merge":
+                self.merge(out, seen, value_node, path, depth)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, "a key must be a plain word, not a list or a map")
+            key = key_node.value
+            if key in seen and seen[key] != Mark(0, 0):
+                first = seen[key]
+                raise self.fail(
+                    key_node,
+                    f"duplicate key '{key}' (first at line {first.line}); "
+                    "each key may appear once in a map: remove or rename one",
+                )
+            seen[key] = _mark(key_node)
+            self.doc.key_marks[(*path, key)] = _mark(key_node)
+            self.doc.marks.pop((*path, key), None)
+            out[key] = self.build(value_node, (*path, key), depth + 1)
+        return out
+
+    def merge(self, out: dict, seen: dict, node: yaml.Node, path: JsonPath, depth: int) -> None:
+        """YAML merge keys (``<<: *defaults``): merged keys never override explicit ones."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        for source in sources:
+            value = self.build(source, path, depth)
+            if not isinstance(value, dict):
+                raise self.fail(source, "'<<' must be followed by a map (or a list of maps)")
+            for key, item in value.items():
+                if key not in out:
+                    out[key] = item
+                    seen[key] = Mark(0, 0)  # merged keys may be overridden later
+
+
+def _open_call(node: yaml.Node) -> bool:
+    return (
+        isinstance(node, yaml.ScalarNode)
+        and node.style in (None, "")  # plain (the C loader says "")
+        and node.value.count("(") > node.value.count(")")
+    )
+
+
+def _rejoin_calls(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+    """Undo YAML's split of ``{fc1: Linear(128, 64)}`` at the comma inside the call.
+
+    In a flow map, the comma ends the entry, leaving ``Linear(128`` and a key ``64)``
+    with no value. A plain value with an open parenthesis takes such keys back.
+    """
+    pairs = list(node.value)
+    if not node.flow_style:
+        return pairs
+    out = []
+    i = 0
+    while i < len(pairs):
+        key, value = pairs[i]
+        i += 1
+        if _open_call(value):
+            text = value.value
+            while text.count("(") > text.count(")") and i < len(pairs):
+                more_key, more_value = pairs[i]
+                if not (
+                    isinstance(more_key, yaml.ScalarNode)
+                    and more_key.style in (None, "")
+                    and isinstance(more_value, yaml.ScalarNode)
+                    and more_value.tag == _TAG + "null"
+                    and more_value.value == ""
+                ):
+                    break
+                text += ", " + more_key.value
+                i += 1
+            value = yaml.ScalarNode(_TAG + "str", text, value.start_mark, value.end_mark)
+        out.append((key, value))
+    return out
+
+
+def load_text(
+    text: str | bytes,
+    path: str = "<string>",
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_nodes: int = MAX_NODES,
+    max_depth: int = MAX_DEPTH,
+) -> Document:
+    """Parse one YAML document into a :class:`Document`, or raise :class:`SpecError`."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if len(raw) > max_bytes:
+        raise SpecError(
+            [Problem(path, Mark(1, 1), f"the file is {len(raw)} bytes, over the {max_bytes}-byte "
+                     "limit for a spec file; split it into smaller files")]
+        )
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            [Problem(path, Mark(line, 1), "the file is not valid UTF-8 text; save it as UTF-8")]
+        ) from None
+    try:
+        node = yaml.compose(decoded, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        raise SpecError([_syntax_problem(path, exc)]) from None
+    except yaml.YAMLError as exc:  # unmarked reader errors (e.g. control characters)
+        raise SpecError([Problem(path, Mark(1, 1), f"this is not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise SpecError(
+            [Problem(path, Mark(1, 1), "values are nested too deeply to read; flatten the file")]
+        ) from None
+    if node is None:
+        raise SpecError([Problem(path, Mark(1, 1), "the file is empty; start from an example spec")])
+    builder = _Builder(path, max_nodes, max_depth)
+    builder.doc.data = builder.build(node, (), 0)
+    return builder.doc
+
+
+def load_file(path: str | Path, display: str | None = None, **limits: int) -> Document:
+    """Load a spec file; ``display`` is the path shown in messages."""
+    shown = display or str(path)
+    try:
+        size = Path(path).stat().st_size
+        max_bytes = limits.get("max_bytes", MAX_BYTES)
+        if size > max_bytes:
+            raise SpecError(
+                [Problem(shown, Mark(1, 1), f"the file is {size} bytes, over the {max_bytes}-byte "
+                         "limit for a spec file; split it into smaller files")]
+            )
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError([Problem(shown, Mark(1, 1), f"cannot read the file: {exc.strerror}")]) from None
+    return load_text(raw, shown, **limits)
+
+
+_HINTS = {
+    "found character '\\t' that cannot start any token": (
+        "a tab character is used for indentation; YAML needs spaces"
+    ),
+    "mapping values are not allowed here": (
+        "a ':' appears where YAML did not expect one; check the indentation, "
+        "or put text containing ': ' in quotes"
+    ),
+    "expected <block end>, but found '<block mapping start>'": (
+        "the indentation is inconsistent; line up keys of the same map"
+    ),
+    "found undefined alias": "an alias (*name) refers to an anchor (&name) that is not defined",
+    "expected a single document in the stream": (
+        "the file holds more than one YAML document ('---'); keep one per file"
+    ),
+}
+
+
+def _syntax_problem(path: str, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
+    problem = exc.problem or "unreadable YAML"
+    hint = _HINTS.get(problem)
+    if hint is None:
+        close = difflib.get_close_matches(problem, _HINTS, n=1, cutoff=0.8)
+        hint = _HINTS[close[0]] if close else None
+    text = f"this is not valid YAML: {problem}"
+    if exc.context:
+        text += f" ({exc.context})"
+    if hint:
+        text += f"; {hint}"
+    return Problem(path, where, text)
