@@ -247,10 +247,11 @@ class CaseItem(pytest.Item):
         self.variant = variant
         self.file_problems = file_problems
         data = variant.case.data
+        # pytest folds skip marks per file in -rs, so the reason names the case.
         if variant.skip:
-            self.add_marker(pytest.mark.skip(reason=variant.skip))
+            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {variant.skip}"))
         elif isinstance(data.get("skip"), str):
-            self.add_marker(pytest.mark.skip(reason=data["skip"]))
+            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {data['skip']}"))
         xfail = data.get("xfail")
         if isinstance(xfail, dict) and isinstance(xfail.get("reason"), str):
             # raises=CaseFailed: a broken spec or a dead worker is never an "expected" failure.

@@ -1,0 +1,219 @@
+"""The pytest plugin, through pytester: collection, outcomes, messages, on real XLA."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = REPO / "specs" / "distribute_tensor.yaml"
+
+
+def write(pytester: pytest.Pytester, relpath: str, text: str) -> Path:
+    path = pytester.path / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def assert_lines(result: pytest.RunResult, *fragments: str) -> None:
+    """Each fragment appears in the output (plain text: no glob brackets to escape)."""
+    out = result.stdout.str()
+    missing = [f for f in fragments if f not in out]
+    assert not missing, f"missing {missing} in:\n{out}"
+
+
+GOOD = """
+version: 1
+cases:
+  - id: rows
+    mesh: [n]
+    placements: [Shard(0)]
+    input: {shape: [2*n, 3]}
+"""
+
+
+def test_collects_only_specs_and_named_files(pytester: pytest.Pytester) -> None:
+    write(pytester, "specs/a.yaml", GOOD)
+    write(pytester, "specs/sub/b.yml", GOOD)
+    write(pytester, "config/other.yaml", "not: a spec\n")
+    write(pytester, "extra/named.yaml", GOOD)
+    result = pytester.runpytest("--collect-only", "-q")
+    ids = [line for line in result.outlines if "::" in line]
+    assert ids == ["specs/a.yaml::rows[xla-n4-nograd]", "specs/sub/b.yml::rows[xla-n4-nograd]"]
+    result = pytester.runpytest("--collect-only", "-q", "extra/named.yaml", "--devices", "1,2")
+    assert [line for line in result.outlines if "::" in line] == [
+        "extra/named.yaml::rows[xla-n1-nograd]",
+        "extra/named.yaml::rows[xla-n2-nograd]",
+    ]
+
+
+def test_ini_paths_and_k_selection(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nshardspec_paths =\n    cases\n")
+    write(pytester, "specs/ignored.yaml", GOOD)
+    write(pytester, "cases/seed.yaml", SEED.read_text())
+    result = pytester.runpytest("--collect-only", "-q", "-k", "shard_1d and grad and not nograd")
+    assert [line for line in result.outlines if "::" in line] == [
+        "cases/seed.yaml::shard_1d[xla-n4-grad]"
+    ]
+
+
+def test_reportinfo_points_at_the_case_line(pytester: pytest.Pytester) -> None:
+    write(pytester, "specs/seed.yaml", SEED.read_text())
+    items, _ = pytester.inline_genitems()
+    lines = {item.name: item.location[1] + 1 for item in items}
+    source = SEED.read_text().splitlines()
+    assert source[lines["shard_2d_mesh[xla-n4-grad]"] - 1].strip() == "- id: shard_2d_mesh"
+    assert source[lines["shard_1d[xla-n4-nograd]"] - 1].strip() == "- id: shard_1d"
+
+
+def test_bad_devices_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    write(pytester, "specs/a.yaml", GOOD)
+    result = pytester.runpytest("--devices", "four")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--devices 'four': give device counts*1,2,4,8*"])
+
+
+def test_contradictions_with_dtensor_fail_before_running(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        "specs/wrong.yaml",
+        """
+        version: 1
+        cases:
+          - id: wrong_local
+            mesh: [n]
+            placements: [Shard(0)]
+            input: {shape: [3*n, 3]}
+            expect:
+              global_shape: [3*n, 3]
+              local_shape: [4, 3]
+          - id: wrong_global
+            mesh: [n]
+            placements: [Shard(0)]
+            input: {shape: [3*n, 3]}
+            expect:
+              global_shape: [3*n, 4]
+        """,
+    )
+    result = pytester.runpytest("--devices", "4")
+    result.assert_outcomes(failed=2)
+    assert_lines(
+        result,
+        "specs/wrong.yaml:9:20: expect.local_shape is [4, 3], but DTensor's rules give [3, 3]",
+        "the spec, not XLA, disagrees with DTensor semantics",
+        "specs/wrong.yaml:15:21: expect.global_shape is [12, 4], but DTensor's rules give [12, 3]",
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_seed_cases_run_on_xla_and_bad_files_fail_alone(pytester: pytest.Pytester) -> None:
+    shutil.copy(SEED, pytester.path / "seed.yaml")
+    (pytester.path / "specs").mkdir()
+    shutil.copy(SEED, pytester.path / "specs" / "distribute_tensor.yaml")
+    write(pytester, "specs/broken.yaml", "version: 1\ncases:\n  - id: x\n    mesh: [n\n")
+    write(
+        pytester,
+        "specs/one_bad_case.yaml",
+        """
+        version: 1
+        cases:
+          - id: fine
+            mesh: [n]
+            placements: [Replicate()]
+            input: {shape: [2, 2]}
+          - id: typo
+            mesh: [n]
+            placments: [Shard(0)]
+            input: {shape: [2, 2]}
+        """,
+    )
+    result = pytester.runpytest("--devices", "1,4", "-rs")
+    result.assert_outcomes(passed=8 + 2, skipped=4, failed=1 + 2)
+    assert_lines(
+        result,
+        "specs/broken.yaml:5:1: this is not valid YAML",
+        "specs/one_bad_case.yaml:9:5: unknown key 'placments'; did you mean 'placements'?",
+        "SKIPPED [2] specs/distribute_tensor.yaml: shard_1d: requires min_devices: 2, but this run has n=1",
+        "SKIPPED [2] specs/distribute_tensor.yaml: shard_2d_mesh: requires min_devices: 2, but this run has n=1",
+        "specs/broken.yaml: 0 case(s) found; tests: 1 failed",
+        "specs/distribute_tensor.yaml: 3 case(s) found; tests: 8 passed, 4 skipped",
+        "specs/one_bad_case.yaml: 2 case(s) found; tests: 2 failed, 2 passed",
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_xla_observations_are_judged_with_located_messages(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        "specs/judged.yaml",
+        """
+        version: 1
+        cases:
+          - id: wrong_spec
+            mesh: [n]
+            placements: [Shard(0)]
+            input: {shape: [n, 2]}
+            expect:
+              sharding_spec: "{devices=[1,4]0,1,2,3}"
+          - id: partial_rejected
+            mesh: [n]
+            placements: [Partial()]
+            input: {shape: [n, 2]}
+            expect: {error: {type: ValueError, match: "Unsupported placement"}}
+          - id: partial_unexpected
+            mesh: [n]
+            placements: [Partial()]
+            input: {shape: [n, 2]}
+          - id: two_axes_one_dim
+            requires: {min_devices: 4, devices_divisible_by: 2}
+            mesh: [2, n/2]
+            placements: [Shard(0), Shard(0)]
+            input: {shape: [2*n, 3]}
+            xfail: {reason: "torch_xla keeps only the last mesh axis"}
+          - id: spec_by_count
+            mesh: [n]
+            placements: [Shard(1)]
+            input: {shape: [2, 2*n], dtype: int32}
+            expect:
+              sharding_spec: {8: "{devices=[1,8]0,1,2,3,4,5,6,7}"}
+        """,
+    )
+    result = pytester.runpytest("--devices", "4", "-rx")
+    result.assert_outcomes(passed=2, failed=2, xfailed=1)
+    out = result.stdout.str()
+    assert_lines(
+        result,
+        "specs/judged.yaml:8:22: expect.sharding_spec\n"
+        "  expected: {devices=[1,4]0,1,2,3}\n"
+        "  actual:   {devices=[4,1]0,1,2,3}",
+        "specs/judged.yaml:14:5: distribute_tensor raised an error\n"
+        "  expected: no error\n"
+        "  actual:   ValueError: Unsupported placement type: Partial",
+        "specs/judged.yaml::spec_by_count[xla-n4-nograd]: sharding_spec (no entry for n=4)",
+    )
+    assert "Traceback" not in out
+    # Without the xfail mark, the divergence shows as a per-device table.
+    result = pytester.runpytest("--devices", "4", "--runxfail", "-k", "two_axes_one_dim")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines(
+        [
+            r"specs/judged.yaml:21:\d+: shards differ from DTensor's layout",
+            r" *device +mesh coord +expected shape +offset +actual shape +offset",
+            r" *0 +\(0, 0\) +\[2, 3\] +\[0, 0\] +\[4, 3\] +\[0, 0\] +<-- differs",
+        ]
+    )
+
+
+def test_runtime_device_count_is_used_when_pjrt_device_is_set(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.setenv("CPU_NUM_DEVICES", "2")
+    write(pytester, "specs/a.yaml", GOOD)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*specs/a.yaml::rows[[]xla-n2-nograd[]] PASSED*"])
