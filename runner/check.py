@@ -39,17 +39,30 @@ def _check_error(variant: Variant, obs: dict[str, Any], call: str) -> list[Failu
     if expected is None and raised is None:
         return None
     if expected is None:
-        return [Failure(f"{call} raised an error", variant.case.mark, "no error", _error_text(raised),
-                        note="add expect.error if this error is what should happen")]
+        return [
+            Failure(
+                f"{call} raised an error",
+                variant.case.mark,
+                "no error",
+                _error_text(raised),
+                note="add expect.error if this error is what should happen",
+            )
+        ]
     want = expected.value
     want_text = want["type"] + (f" matching /{want['match']}/" if want.get("match") else "")
     if raised is None:
-        return [Failure("expect.error", expected.mark, want_text, f"{call} succeeded without an error")]
+        return [
+            Failure("expect.error", expected.mark, want_text, f"{call} succeeded without an error")
+        ]
     failures = []
     if want["type"] not in raised["bases"] and want["type"] != raised["type"]:
-        failures.append(Failure("expect.error.type", expected.mark, want["type"], _error_text(raised)))
+        failures.append(
+            Failure("expect.error.type", expected.mark, want["type"], _error_text(raised))
+        )
     elif want.get("match") and not re.search(want["match"], raised["message"]):
-        failures.append(Failure("expect.error.match", expected.mark, f"/{want['match']}/", _error_text(raised)))
+        failures.append(
+            Failure("expect.error.match", expected.mark, f"/{want['match']}/", _error_text(raised))
+        )
     return failures
 
 
@@ -69,17 +82,37 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
     if on["type"] and obs["type"] != "XLAShardedTensor":
         failures.append(Failure("result type", case.mark, "XLAShardedTensor", obs["type"]))
     if on["global_shape"] and obs["global_shape"] != req["shape"]:
-        failures.append(Failure("global shape", expect_mark("global_shape", ("input", "shape")), req["shape"], obs["global_shape"]))
+        failures.append(
+            Failure(
+                "global shape",
+                expect_mark("global_shape", ("input", "shape")),
+                req["shape"],
+                obs["global_shape"],
+            )
+        )
     shards = sorted(obs["shards"], key=lambda s: s["device"])
     if on["shards"]:
         failures.extend(_check_shards(variant, shards))
     if on["values"]:
         bad = [str(s["device"]) for s in shards if not s["values_equal"]]
         if bad:
-            failures.append(Failure("shard values", case.locate(("input",)), "each shard equals the input slice it claims",
-                                    f"devices {', '.join(bad)} hold other values"))
+            failures.append(
+                Failure(
+                    "shard values",
+                    case.locate(("input",)),
+                    "each shard equals the input slice it claims",
+                    f"devices {', '.join(bad)} hold other values",
+                )
+            )
     if on["requires_grad"] and obs["requires_grad"] != req["requires_grad"]:
-        failures.append(Failure("global_tensor.requires_grad", case.locate(("input", "requires_grad")), req["requires_grad"], obs["requires_grad"]))
+        failures.append(
+            Failure(
+                "global_tensor.requires_grad",
+                case.locate(("input", "requires_grad")),
+                req["requires_grad"],
+                obs["requires_grad"],
+            )
+        )
     if on["is_leaf"] and not obs["is_leaf"]:
         failures.append(Failure("is_leaf", case.mark, True, obs["is_leaf"]))
     by_device = {s["device"]: s for s in shards}
@@ -97,7 +130,9 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         else:
             continue
         if actual != declared.value:
-            failures.append(Failure(f"expect.{declared.name}", declared.mark, declared.value, actual))
+            failures.append(
+                Failure(f"expect.{declared.name}", declared.mark, declared.value, actual)
+            )
     return failures
 
 
@@ -116,8 +151,17 @@ def _check_shards(variant: Variant, shards: list[dict[str, Any]]) -> list[Failur
             )
             actual_shape, actual_offset = str(got["shape"]), str(got["offset"])
         wrong |= not ok
-        rows.append([str(expected.device), str(expected.coord), str(list(expected.shape)),
-                     str(list(expected.offset)), actual_shape, actual_offset, "" if ok else "<-- differs"])
+        rows.append(
+            [
+                str(expected.device),
+                str(expected.coord),
+                str(list(expected.shape)),
+                str(list(expected.offset)),
+                actual_shape,
+                actual_offset,
+                "" if ok else "<-- differs",
+            ]
+        )
     extra = sorted(set(observed) - {s.device for s in layout})
     if not wrong and not extra:
         return []
@@ -138,28 +182,58 @@ def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         if declared.name == "sharded_params":
             bare = [p for p in declared.value if not params.get(p, {}).get("sharding_spec")]
             if bare:
-                failures.append(Failure("expect.sharded_params", declared.mark, "a sharding annotation on each",
-                                        f"no annotation on {', '.join(bare)}"))
+                failures.append(
+                    Failure(
+                        "expect.sharded_params",
+                        declared.mark,
+                        "a sharding annotation on each",
+                        f"no annotation on {', '.join(bare)}",
+                    )
+                )
         elif declared.name == "unsharded_params":
-            marked = {p: params[p]["sharding_spec"] for p in declared.value if params.get(p, {}).get("sharding_spec")}
+            marked = {
+                p: params[p]["sharding_spec"]
+                for p in declared.value
+                if params.get(p, {}).get("sharding_spec")
+            }
             if marked:
-                failures.append(Failure("expect.unsharded_params", declared.mark, "no sharding annotation",
-                                        "; ".join(f"{p} has {s}" for p, s in marked.items())))
+                failures.append(
+                    Failure(
+                        "expect.unsharded_params",
+                        declared.mark,
+                        "no sharding annotation",
+                        "; ".join(f"{p} has {s}" for p, s in marked.items()),
+                    )
+                )
         elif declared.name.startswith("sharding_spec["):
-            param = declared.name[len("sharding_spec["):-1]
+            param = declared.name[len("sharding_spec[") : -1]
             actual = params.get(param, {}).get("sharding_spec")
             if actual != declared.value:
-                failures.append(Failure(f"expect.{declared.name}", declared.mark, declared.value, actual or "(none)"))
+                failures.append(
+                    Failure(
+                        f"expect.{declared.name}", declared.mark, declared.value, actual or "(none)"
+                    )
+                )
         elif declared.name == "forward":
             fwd = obs.get("forward") or {}
             atol = declared.value["atol"]
             if fwd.get("shape") != fwd.get("expected_shape"):
-                failures.append(Failure("expect.forward output shape", declared.mark, fwd.get("expected_shape"), fwd.get("shape")))
+                failures.append(
+                    Failure(
+                        "expect.forward output shape",
+                        declared.mark,
+                        fwd.get("expected_shape"),
+                        fwd.get("shape"),
+                    )
+                )
             elif not fwd.get("finite", False) or fwd["max_excess"] > atol:
-                failures.append(Failure(
-                    "expect.forward", declared.mark,
-                    f"|xla - cpu| <= atol + rtol*|cpu| (atol={atol:g}, rtol={declared.value['rtol']:g})",
-                    f"max |xla - cpu| = {fwd.get('max_abs_error', float('nan')):.3g}"
-                    + ("" if fwd.get("finite", False) else " (non-finite outputs)"),
-                ))
+                failures.append(
+                    Failure(
+                        "expect.forward",
+                        declared.mark,
+                        f"|xla - cpu| <= atol + rtol*|cpu| (atol={atol:g}, rtol={declared.value['rtol']:g})",
+                        f"max |xla - cpu| = {fwd.get('max_abs_error', float('nan')):.3g}"
+                        + ("" if fwd.get("finite", False) else " (non-finite outputs)"),
+                    )
+                )
     return failures

@@ -7,6 +7,7 @@ worker's last stderr lines; the worker is started again for the next case.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import selectors
@@ -119,10 +120,8 @@ class Worker:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe:

@@ -370,7 +370,7 @@ class _Builder:
         for name in ("sharded_params", "unsharded_params"):
             for i, param in enumerate(expect.get(name, [])):
                 if param not in params:
-                    raise self.fail((("expect", name, i)), f"'{param}' is not a parameter of this module" + _suggest(param, params) + f"; its parameters are: {', '.join(params)}")
+                    raise self.fail((("expect", name, i)), f"'{param}' is not a parameter of this module" + (_suggest(param, params) or f"; its parameters are: {', '.join(params)}"))
             if name in expect:
                 self.v.expects.append(Expect(name, list(expect[name]), self.case.locate(("expect", name))))
         specs = expect.get("sharding_spec")

@@ -15,6 +15,7 @@ import pytest
 
 from . import report
 from .check import check
+from .coverage import Matrix
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand
 from .problems import Problem
@@ -71,6 +72,13 @@ class Run:
         self.items: dict[str, str] = {}  # nodeid -> file, for the selected items
         self.outcomes: dict[str, str] = {}
         self.unchecked: list[tuple[str, str]] = []
+        self.variants: dict[str, Variant] = {}
+        report_path = config.getoption("shardspec_report")
+        if report_path and Path(report_path).suffix.lower() not in (".md", ".html", ".htm"):
+            raise pytest.UsageError(
+                f"--shardspec-report {report_path}: the file must end in .md (Markdown) or .html"
+            )
+        self.report_path = (config.invocation_params.dir / report_path) if report_path else None
 
     def device_counts(self) -> tuple[int, ...]:
         """The counts to run: --devices, or the runtime's own count when PJRT_DEVICE is set."""
@@ -90,15 +98,17 @@ class Run:
         for item in session.items:
             if isinstance(item, CaseItem | ProblemItem):
                 self.items[item.nodeid] = item.parent.nodeid
+            if isinstance(item, CaseItem):
+                self.variants[item.nodeid] = item.variant
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # One outcome per item (setup, call and teardown reports fold; a failure wins).
         outcome = report.outcome
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.skipped else "xpassed"
-        if report.when == "call" or outcome != "passed":
-            if self.outcomes.get(report.nodeid) != "failed":
-                self.outcomes[report.nodeid] = outcome
+        counts = report.when == "call" or outcome != "passed"
+        if counts and self.outcomes.get(report.nodeid) != "failed":
+            self.outcomes[report.nodeid] = outcome
 
     def missing(self) -> list[str]:
         if self.config.option.collectonly:
@@ -109,8 +119,13 @@ class Run:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if exitstatus == pytest.ExitCode.OK and self.missing():
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.report_path is not None:
+            matrix = Matrix()
+            for nodeid, variant in self.variants.items():
+                matrix.add(variant, self.outcomes.get(nodeid, "not run"))
+            matrix.write(self.report_path)
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:  # noqa: ANN001
+    def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.cases or self.config.option.collectonly:
             return
         tr = terminalreporter
@@ -166,6 +181,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=f"largest input a case may ask for, in elements (default: {DEFAULT_MAX_ELEMENTS})",
     )
+    group.addoption(
+        "--shardspec-report",
+        dest="shardspec_report",
+        default=None,
+        metavar="PATH",
+        help="write a coverage matrix (placements x mesh rank x even/uneven x dtype, outcomes "
+        "per device count): Markdown for .md, HTML for .html",
+    )
     parser.addini(
         "shardspec_paths",
         type="linelist",
@@ -213,9 +236,14 @@ class SpecFile(pytest.File):
 def _expand(case: Case, engine: str, n: int, max_elements: int) -> list[Variant]:
     try:
         return expand(case, engine, n, max_elements=max_elements)
-    except Exception as exc:  # noqa: BLE001 - a runner bug must not hide the case
+    except Exception as exc:
         variant = Variant(case, engine, n, None)
-        variant.problems = [case.problem((), f"shardspec could not expand this case ({type(exc).__name__}: {exc}); please report it")]
+        variant.problems = [
+            case.problem(
+                (),
+                f"shardspec could not expand this case ({type(exc).__name__}: {exc}); please report it",
+            )
+        ]
         return [variant]
 
 
@@ -229,7 +257,7 @@ class ProblemItem(pytest.Item):
     def runtest(self) -> None:
         raise ShardspecFailure(report.problems(self.problems))
 
-    def repr_failure(self, excinfo, style=None):  # noqa: ANN001 - pytest's signature
+    def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ShardspecFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
@@ -255,7 +283,13 @@ class CaseItem(pytest.Item):
         xfail = data.get("xfail")
         if isinstance(xfail, dict) and isinstance(xfail.get("reason"), str):
             # raises=CaseFailed: a broken spec or a dead worker is never an "expected" failure.
-            self.add_marker(pytest.mark.xfail(reason=xfail["reason"], strict=xfail.get("strict", True) is not False, raises=CaseFailed))
+            self.add_marker(
+                pytest.mark.xfail(
+                    reason=xfail["reason"],
+                    strict=xfail.get("strict", True) is not False,
+                    raises=CaseFailed,
+                )
+            )
         for name in data.get("marks") or []:
             if isinstance(name, str) and name.isidentifier():
                 self.config.addinivalue_line("markers", f"{name}: declared in spec files")
@@ -273,7 +307,9 @@ class CaseItem(pytest.Item):
             raise ShardspecFailure(report.problems(variant.problems))
         for note in variant.unchecked:
             run.unchecked.append((self.nodeid, note))
-        request = dict(variant.request or {}, case=f"{variant.case.doc.path}::{variant.case.id}", n=variant.n)
+        request = dict(
+            variant.request or {}, case=f"{variant.case.doc.path}::{variant.case.id}", n=variant.n
+        )
         timeout = float(variant.description.get("timeout") or run.timeout)
         try:
             reply = run.pool.run(variant.engine, variant.n, request, timeout)
@@ -283,10 +319,14 @@ class CaseItem(pytest.Item):
         if failures:
             raise CaseFailed(report.failures(variant, failures))
 
-    def repr_failure(self, excinfo, style=None):  # noqa: ANN001 - pytest's signature
+    def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ShardspecFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return self.path, self.variant.case.mark.line - 1, f"{self.variant.case.id}[{self.variant.name}]"
+        return (
+            self.path,
+            self.variant.case.mark.line - 1,
+            f"{self.variant.case.id}[{self.variant.name}]",
+        )

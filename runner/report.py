@@ -23,7 +23,10 @@ def context(variant: Variant) -> str:
 
 def table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def failures(variant: Variant, found: list[Failure]) -> str:
@@ -48,7 +51,9 @@ def problems(found: list[Problem]) -> str:
 
 def fault(variant: Variant, message: str, tail: list[str]) -> str:
     case = variant.case
-    lines = [f"{case.doc.path}:{case.mark.line}:{case.mark.col}: case '{case.id}' ({context(variant)}): {message}"]
+    lines = [
+        f"{case.doc.path}:{case.mark.line}:{case.mark.col}: case '{case.id}' ({context(variant)}): {message}"
+    ]
     if tail:
         lines.append("last lines from the worker:")
         lines.extend(f"  | {line}" for line in tail[-15:])

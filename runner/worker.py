@@ -8,6 +8,7 @@ parent keeps the tail of for crash reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -27,10 +28,8 @@ NOISY_WARNINGS = (
 
 def _die_with_parent() -> None:
     """Ask Linux to kill this process when the pytest process goes away."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     if os.getppid() == 1:
         os._exit(1)
 
@@ -49,7 +48,9 @@ def _inject_fault(req: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--devices", type=int, default=0, help="virtual CPU devices (0: runtime's own)")
+    parser.add_argument(
+        "--devices", type=int, default=0, help="virtual CPU devices (0: runtime's own)"
+    )
     args = parser.parse_args()
     _die_with_parent()
     reply = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -70,7 +71,7 @@ def main() -> int:
         _inject_fault(req)
         try:
             result = {"observation": engine_xla.run(req)}
-        except Exception as exc:  # noqa: BLE001 - reported to the parent as an engine fault
+        except Exception as exc:
             result = {"fault": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         reply.write(json.dumps(result) + "\n")
     return 0

@@ -53,7 +53,9 @@ def test_dead_or_hung_worker_fails_only_its_case(
     out = result.stdout.str()
     assert "case 'crashes' (n=2," in out and "the worker exited with code 139 (case)" in out
     assert "| injected fault: crash" in out  # the worker's last stderr lines
-    assert "case 'hangs' (n=2," in out and "timed out after 2 s (case); the worker was stopped" in out
+    assert (
+        "case 'hangs' (n=2," in out and "timed out after 2 s (case); the worker was stopped" in out
+    )
     assert "| injected fault: hang" in out
     assert "Traceback" not in out
     assert time.monotonic() - began < 90
@@ -65,9 +67,9 @@ def _workers_tagged(tag: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if f"SHARDSPEC_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes():
-                if b"runner.worker" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
+            tagged = f"SHARDSPEC_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes()
+            if tagged and b"runner.worker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
         except OSError:
             continue
     return found

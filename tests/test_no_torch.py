@@ -12,7 +12,17 @@ REPO = Path(__file__).resolve().parent.parent
 def imported_modules(*pytest_args: str) -> set[str]:
     # -s: pytest's fd capture would otherwise swallow what -X importtime prints meanwhile.
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "pytest", "-s", "-p", "no:cacheprovider", *pytest_args],
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "pytest",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            *pytest_args,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -55,7 +55,9 @@ def test_oracle_matches_torch_on_random_layouts() -> None:
                 "shape": case["shape"],
                 "mesh": case["mesh"],
                 # torch's helper takes normalized dims (its public API normalizes first).
-                "placements": [p.normalized(len(case["shape"])).as_json() for p in case["placements"]],
+                "placements": [
+                    p.normalized(len(case["shape"])).as_json() for p in case["placements"]
+                ],
                 "coords": [list(oracle.coordinate(d, case["mesh"])) for d in range(devices)],
             }
         )
@@ -72,7 +74,9 @@ def test_oracle_matches_torch_on_random_layouts() -> None:
         ours = oracle.layout(case["shape"], case["mesh"], case["placements"])
         assert [[list(s.shape), list(s.offset)] for s in ours] == answer, case
         uneven += any(s.shape != ours[0].shape for s in ours)
-        dims = [p.normalized(len(case["shape"])).dim for p in case["placements"] if p.kind == "shard"]
+        dims = [
+            p.normalized(len(case["shape"])).dim for p in case["placements"] if p.kind == "shard"
+        ]
         two_axes += len(dims) != len(set(dims))
     # The random cases really cover the hard parts.
     assert uneven > 50 and two_axes > 50

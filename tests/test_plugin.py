@@ -217,3 +217,37 @@ def test_runtime_device_count_is_used_when_pjrt_device_is_set(
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*specs/a.yaml::rows[[]xla-n2-nograd[]] PASSED*"])
+
+
+def test_coverage_report_in_markdown_and_html(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        "specs/cov.yaml",
+        """
+        version: 1
+        defaults: {skip: "report only"}
+        cases:
+          - id: uneven_rows
+            mesh: [n]
+            placements: [Shard(0)]
+            input: {shape: [5, 3], dtype: int64}
+          - id: grid
+            requires: {devices_divisible_by: 2}
+            mesh: [2, -1]
+            placements: [Shard(0), Shard(1)]
+            input: {shape: [4, 4], dtype: bfloat16}
+        """,
+    )
+    result = pytester.runpytest("--devices", "1,4", "--shardspec-report", "out/cov.md")
+    result.assert_outcomes(skipped=4)
+    text = (pytester.path / "out" / "cov.md").read_text()
+    assert "| placements | mesh rank | shards | dtype | n=1 | n=4 |" in text
+    # Evenness is per device count: 5 rows split evenly over 1 device, not over 4.
+    assert "| Shard(0) | 1 | even | int64 | skip 1 | - |" in text
+    assert "| Shard(0) | 1 | uneven | int64 | - | skip 1 |" in text
+    assert "| Shard(0), Shard(1) | 2 | even | bfloat16 | skip 1 | skip 1 |" in text
+    assert "| 3-D mesh, even | GAP |" in text
+    pytester.runpytest("--devices", "4", "--shardspec-report", "cov.html")
+    assert "<td class='gap'>GAP</td>" in (pytester.path / "cov.html").read_text()
+    result = pytester.runpytest("--shardspec-report", "cov.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -1,0 +1,73 @@
+"""Module cases (kind: module) on real XLA, through pytester."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+MODULES = """
+version: 1
+cases:
+  - id: partial_rules
+    kind: module
+    mesh: [n]
+    module:
+      emb: Embedding(50, 16)
+      norm: LayerNorm(16)
+      fc1: Linear(16, 4*n)
+      act: GELU()
+      fc2: Linear(4*n, 3, bias=false)
+    shard:
+      - {params: "fc1.weight", placements: [Shard(0)]}
+      - {params: "fc2.*", placements: [Shard(-1)]}
+      - {params: "emb.weight", placements: [Replicate()]}
+    expect:
+      sharded_params: [fc1.weight, fc2.weight]
+      unsharded_params: [norm.weight, norm.bias, fc1.bias]
+      sharding_spec:
+        fc1.weight: {2: "{devices=[2,1]0,1}"}
+        fc2.weight: "{devices=[1,2]0,1}"
+      forward: {input_shape: [4, 7], atol: 1.0e-5}
+  - id: wrong_claim
+    kind: module
+    mesh: [n]
+    module: {fc1: Linear(8, 4), fc2: Linear(4, 2)}
+    shard:
+      - {params: "fc1.*", placements: [Shard(0)]}
+    expect:
+      sharded_params: [fc1.weight, fc2.weight]
+  - id: unknown_param
+    kind: module
+    mesh: [n]
+    module: {fc1: Linear(8, 4)}
+    shard:
+      - {params: "*", placements: [Shard(0)]}
+    expect:
+      sharded_params: [fc1.wieght]
+  - id: bias_dim_out_of_range
+    kind: module
+    mesh: [n]
+    module: {fc1: Linear(8, 4)}
+    shard:
+      - {params: "*", placements: [Shard(1)]}
+"""
+
+
+def test_module_cases(pytester: pytest.Pytester) -> None:
+    (pytester.path / "specs").mkdir()
+    (pytester.path / "specs" / "modules.yaml").write_text(textwrap.dedent(MODULES).lstrip())
+    result = pytester.runpytest("--devices", "2")
+    result.assert_outcomes(passed=1, failed=3)
+    out = result.stdout.str()
+    assert (
+        "specs/modules.yaml:30:23: expect.sharded_params\n"
+        "  expected: a sharding annotation on each\n"
+        "  actual:   no annotation on fc2.weight"
+    ) in out
+    assert (
+        "specs/modules.yaml:38:24: 'fc1.wieght' is not a parameter of this module; "
+        "did you mean 'fc1.weight'?"
+    ) in out
+    assert "specs/modules.yaml:44:36: Shard(1) is outside parameter fc1.bias [4]'s 1 dim(s)" in out
+    assert "Traceback" not in out
