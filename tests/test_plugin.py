@@ -251,3 +251,15 @@ def test_coverage_report_in_markdown_and_html(pytester: pytest.Pytester) -> None
     assert "<td class='gap'>GAP</td>" in (pytester.path / "cov.html").read_text()
     result = pytester.runpytest("--shardspec-report", "cov.txt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_runs_under_xdist_with_the_ledger_on_the_controller(pytester: pytest.Pytester) -> None:
+    write(pytester, "specs/a.yaml", GOOD)
+    shutil.copy(SEED, pytester.path / "specs" / "seed.yaml")
+    result = pytester.runpytest("-n", "2", "--devices", "2")
+    result.assert_outcomes(passed=7)
+    assert_lines(
+        result,
+        "specs/a.yaml: 1 case(s) found; tests: 1 passed",
+        "specs/seed.yaml: 3 case(s) found; tests: 6 passed",
+    )
