@@ -125,7 +125,7 @@ class Run:
                 matrix.add(variant, self.outcomes.get(nodeid, "not run"))
             matrix.write(self.report_path)
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:  # noqa: ANN001
+    def pytest_terminal_summary(self, terminalreporter) -> None:
         cases = self.cases
         if not cases:  # the xdist controller collects nothing: read cases off the reports
             cases = defaultdict(set)
@@ -255,7 +255,16 @@ def _expand(case: Case, engine: str, n: int, max_elements: int) -> list[Variant]
         return [variant]
 
 
-class ProblemItem(pytest.Item):
+class SpecItem(pytest.Item):
+    """Base of shardspec's items: their failures are complete messages, not tracebacks."""
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ShardspecFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+
+class ProblemItem(SpecItem):
     """A spec file that can't be used as a whole: one failing test that says why."""
 
     def __init__(self, *, problems: list[Problem], **kwargs: Any):
@@ -265,17 +274,12 @@ class ProblemItem(pytest.Item):
     def runtest(self) -> None:
         raise ShardspecFailure(report.problems(self.problems))
 
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, ShardspecFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
-
     def reportinfo(self):
         first = self.problems[0].mark.line if self.problems else 1
         return self.path, first - 1, f"{self.path.name}: spec file errors"
 
 
-class CaseItem(pytest.Item):
+class CaseItem(SpecItem):
     """One case at one engine, device count and grad flag."""
 
     def __init__(self, *, variant: Variant, file_problems: list[Problem], **kwargs: Any):
@@ -326,11 +330,6 @@ class CaseItem(pytest.Item):
         failures = check(variant, reply.observation)
         if failures:
             raise CaseFailed(report.failures(variant, failures))
-
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, ShardspecFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
         return (
