@@ -7,6 +7,7 @@ the input, expectations (checked against the oracle before anything runs).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
 import zlib
@@ -77,7 +78,10 @@ def grad_flags(case: Case) -> list[bool | None]:
 
 
 def unmet_requirement(case: Case, n: int) -> str | None:
-    req = case.data.get("requires") or {}
+    return _unmet(case.data.get("requires") or {}, n)
+
+
+def _unmet(req: dict, n: int) -> str | None:
     if "min_devices" in req and n < req["min_devices"]:
         return f"requires min_devices: {req['min_devices']}, but this run has n={n}"
     if "max_devices" in req and n > req["max_devices"]:
@@ -98,7 +102,9 @@ def expand(
 ) -> list[Variant]:
     """The variants (one per grad flag) of a case at this engine and device count."""
     variants = [Variant(case, engine, n, flag) for flag in grad_flags(case)]
-    skip = unmet_requirement(case, n)
+    # A case with schema problems may hold anything (requires: {min_devices: two}): don't
+    # read it further.
+    skip = None if case.problems else unmet_requirement(case, n)
     for variant in variants:
         if case.problems:
             variant.problems = list(case.problems)
@@ -120,23 +126,59 @@ def _plan(variant: Variant, max_elements: int) -> None:
         variant.problems.append(exc.problem)
 
 
-def requires_hint(text: str, n: int) -> str:
-    """Suggest the ``requires`` that would skip device counts where ``text`` fails."""
+_HINT_COUNTS = range(1, 65)  # the device counts a suggested requires is checked against
+
+
+def _mask(counts: Any) -> int:
+    return sum(1 << m for m in counts)
+
+
+@functools.cache
+def _candidates() -> list[tuple[str, int]]:
+    """Every simple requires (text, device counts it allows), most natural first."""
+    out: list[tuple[str, int]] = []
+    divisible = {k: _mask(m for m in _HINT_COUNTS if m % k == 0) for k in range(2, 17)}
+    at_least = {low: _mask(range(low, 65)) for low in range(2, 65)}
+    for k, mask in divisible.items():
+        out.append((f"devices_divisible_by: {k}", mask))
+    for low, mask in at_least.items():
+        out.append((f"min_devices: {low}", mask))
+    for high in range(1, 64):
+        out.append((f"max_devices: {high}", _mask(range(1, high + 1))))
+    for k, div_mask in divisible.items():
+        for low, low_mask in at_least.items():
+            out.append((f"devices_divisible_by: {k}, min_devices: {low}", div_mask & low_mask))
+    return out
+
+
+def requires_hint(text: str, n: int, minimum: int = 1, requires: Any = None) -> str:
+    """Suggest the ``requires`` that skips n and every other count where ``text`` fails.
+
+    Of the requirements that work (up to 64 devices), the one that keeps the most device
+    counts wins, so ``n-4`` at n=4 gets min_devices: 5, not devices_divisible_by: 5.
+    """
     parsed = expr.parse(text)
 
     def ok(m: int) -> bool:
         try:
-            return parsed.evaluate(m) >= 1
+            return parsed.evaluate(m) >= minimum
         except expr.ExprError:
             return False
 
-    for k in range(2, 65):
-        if n % k and all(ok(k * i) for i in range(1, 5)):
-            return f"add requires: {{devices_divisible_by: {k}}} to skip such device counts"
-    for low in range(n + 1, 65):
-        if all(ok(m) for m in range(low, low + 8)):
-            return f"add requires: {{min_devices: {low}}} to skip such device counts"
-    return "add a requires: entry (min_devices, max_devices or devices_divisible_by) to skip it"
+    good = _mask(m for m in _HINT_COUNTS if ok(m))
+    req = requires if isinstance(requires, dict) else {}
+    now = _mask(m for m in _HINT_COUNTS if not _unmet(req, m))  # counts the case runs at today
+    if not good & now:
+        return "no device count makes it valid, so fix the expression rather than skip it"
+    best: tuple[str, int] | None = None
+    for words, allowed in _candidates():
+        kept = allowed & now
+        if kept and not kept & ~good and not kept >> n & 1:
+            if best is None or kept.bit_count() > best[1].bit_count():
+                best = (words, kept)
+    if best is None:
+        return "add a requires: entry (min_devices, max_devices or devices_divisible_by) to skip it"
+    return f"add requires: {{{best[0]}}} to skip such device counts"
 
 
 class _Builder:
@@ -149,7 +191,9 @@ class _Builder:
     def fail(self, path: JsonPath, message: str) -> _Invalid:
         return _Invalid(self.case.problem(path, message))
 
-    def size(self, value: Any, path: JsonPath, *, allow_minus_one: bool = False) -> int:
+    def size(
+        self, value: Any, path: JsonPath, *, allow_minus_one: bool = False, minimum: int = 1
+    ) -> int:
         if allow_minus_one and value == -1:
             return -1
         try:
@@ -159,23 +203,30 @@ class _Builder:
             if "n=" in message:
                 message += f"; {requires_hint(value, self.n)}"
             raise self.fail(path, message) from None
-        if result < 1:
+        if result < minimum:
             hint = f"; {requires_hint(value, self.n)}" if isinstance(value, str) else ""
-            raise self.fail(path, f"'{value}' is {result} when n={self.n}; a size must be at least 1{hint}")
+            raise self.fail(
+                path,
+                f"'{value}' is {result} when n={self.n}; a size here must be at least {minimum}{hint}",
+            )
         return result
 
-    def shape(self, value: Any, path: JsonPath) -> tuple[int, ...]:
+    def shape(self, value: Any, path: JsonPath, *, minimum: int = 1) -> tuple[int, ...]:
         if not isinstance(value, list):
             raise self.fail(path, "a shape must be a list of sizes, such as [8, 3]")
-        return tuple(self.size(item, (*path, i)) for i, item in enumerate(value))
+        return tuple(self.size(item, (*path, i), minimum=minimum) for i, item in enumerate(value))
 
     def mesh(self) -> tuple[int, ...]:
         data = self.case.data
         if "mesh" not in data:
             raise self.fail((), "the case needs a mesh, such as mesh: [n]")
-        sizes = [self.size(s, ("mesh", i), allow_minus_one=True) for i, s in enumerate(data["mesh"])]
+        sizes = [
+            self.size(s, ("mesh", i), allow_minus_one=True) for i, s in enumerate(data["mesh"])
+        ]
         if sizes.count(-1) > 1:
-            raise self.fail(("mesh",), "mesh may hold at most one -1 (the size worked out from the rest)")
+            raise self.fail(
+                ("mesh",), "mesh may hold at most one -1 (the size worked out from the rest)"
+            )
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if self.n % known:
@@ -194,7 +245,12 @@ class _Builder:
         return tuple(sizes)
 
     def placements(
-        self, raw: Any, path: JsonPath, mesh: tuple[int, ...], rank: int | None, what: str = "the tensor"
+        self,
+        raw: Any,
+        path: JsonPath,
+        mesh: tuple[int, ...],
+        rank: int | None,
+        what: str = "the tensor",
     ) -> tuple[Placement, ...]:
         if not isinstance(raw, list) or not raw:
             raise self.fail(path, "placements must be a list with one placement per mesh axis")
@@ -242,7 +298,9 @@ class _Builder:
         mesh = self.mesh()
         inp = data.get("input")
         if not isinstance(inp, dict) or "shape" not in inp:
-            raise self.fail(("input",), "the case needs input: {shape: [...]}, such as input: {shape: [8, 3]}")
+            raise self.fail(
+                ("input",), "the case needs input: {shape: [...]}, such as input: {shape: [8, 3]}"
+            )
         shape = self.shape(inp["shape"], ("input", "shape"))
         if "placements" not in data:
             raise self.fail((), "the case needs placements, one per mesh axis, such as [Shard(0)]")
@@ -277,7 +335,9 @@ class _Builder:
         }
         self.tensor_expectations(shape, mesh, places)
 
-    def tensor_expectations(self, shape: tuple[int, ...], mesh: tuple[int, ...], places: tuple[Placement, ...]) -> None:
+    def tensor_expectations(
+        self, shape: tuple[int, ...], mesh: tuple[int, ...], places: tuple[Placement, ...]
+    ) -> None:
         expect = self.case.data.get("expect") or {}
         layout = self.v.layout
         where = f"(input {list(shape)}, mesh {list(mesh)}, placements [{', '.join(map(str, places))}], n={self.n})"
@@ -289,7 +349,10 @@ class _Builder:
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise self.fail(("expect", "error", "match"), f"expect.error.match is not a valid regular expression: {exc}") from None
+                    raise self.fail(
+                        ("expect", "error", "match"),
+                        f"expect.error.match is not a valid regular expression: {exc}",
+                    ) from None
             self.v.expects.append(Expect("error", dict(err), self.case.locate(("expect", "error"))))
         oracle_values = {
             "global_shape": list(shape),
@@ -299,29 +362,56 @@ class _Builder:
         for name, truth in oracle_values.items():
             if name not in expect:
                 continue
-            value = list(self.shape(expect[name], ("expect", name)))
+            # A shard may be empty (fewer rows than devices), the global shape never.
+            value = list(
+                self.shape(expect[name], ("expect", name), minimum=int(name != "global_shape"))
+            )
             if value != truth:
                 what = "device 0's shard" if name != "global_shape" else "the global shape"
-                raise self.fail(("expect", name), f"expect.{name} is {value}, but DTensor's rules give {truth} for {what} {where}{contradiction}")
+                raise self.fail(
+                    ("expect", name),
+                    f"expect.{name} is {value}, but DTensor's rules give {truth} for {what} {where}{contradiction}",
+                )
             self.v.expects.append(Expect(name, value, self.case.locate(("expect", name))))
         if "local_shapes" in expect:
             raw = expect["local_shapes"]
             if len(raw) != len(layout):
-                raise self.fail(("expect", "local_shapes"), f"expect.local_shapes lists {len(raw)} shapes, but n={self.n} devices hold one each; list one shape per device (or use local_shape for device 0)")
-            values = [list(self.shape(s, ("expect", "local_shapes", i))) for i, s in enumerate(raw)]
+                raise self.fail(
+                    ("expect", "local_shapes"),
+                    f"expect.local_shapes lists {len(raw)} shapes, but n={self.n} devices hold one each; list one shape per device (or use local_shape for device 0)",
+                )
+            values = [
+                list(self.shape(s, ("expect", "local_shapes", i), minimum=0))
+                for i, s in enumerate(raw)
+            ]
             for i, (value, shard) in enumerate(zip(values, layout, strict=True)):
                 if value != list(shard.shape):
-                    raise self.fail(("expect", "local_shapes", i), f"expect.local_shapes[{i}] is {value}, but DTensor's rules give {list(shard.shape)} for device {i} {where}{contradiction}")
-            self.v.expects.append(Expect("local_shapes", values, self.case.locate(("expect", "local_shapes"))))
+                    raise self.fail(
+                        ("expect", "local_shapes", i),
+                        f"expect.local_shapes[{i}] is {value}, but DTensor's rules give {list(shard.shape)} for device {i} {where}{contradiction}",
+                    )
+            self.v.expects.append(
+                Expect("local_shapes", values, self.case.locate(("expect", "local_shapes")))
+            )
         if "sharding_spec" in expect:
-            if isinstance(expect["sharding_spec"], dict) and not all(k.isdigit() for k in expect["sharding_spec"]):
-                raise self.fail(("expect", "sharding_spec"), "a tensor case's expect.sharding_spec is a spec string, or a map from device count to spec string (parameter names are for module cases)")
-            found = self.spec_strings(expect["sharding_spec"], ("expect", "sharding_spec"), "sharding_spec")
+            if isinstance(expect["sharding_spec"], dict) and not all(
+                k.isdigit() for k in expect["sharding_spec"]
+            ):
+                raise self.fail(
+                    ("expect", "sharding_spec"),
+                    "a tensor case's expect.sharding_spec is a spec string, or a map from device count to spec string (parameter names are for module cases)",
+                )
+            found = self.spec_strings(
+                expect["sharding_spec"], ("expect", "sharding_spec"), "sharding_spec"
+            )
             if found:
                 self.v.expects.append(found)
         for name in ("sharded_params", "unsharded_params", "forward"):
             if name in expect:
-                raise self.fail(("expect", name), f"expect.{name} is for module cases (kind: module); a tensor case can't use it")
+                raise self.fail(
+                    ("expect", name),
+                    f"expect.{name} is for module cases (kind: module); a tensor case can't use it",
+                )
 
     def module(self) -> None:
         data = self.case.data
@@ -329,7 +419,10 @@ class _Builder:
         mesh = self.mesh()
         raw_layers = data.get("module")
         if not isinstance(raw_layers, dict) or not raw_layers:
-            raise self.fail((), "a module case needs module: a map from layer name to layer, such as {fc1: Linear(8, 4)}")
+            raise self.fail(
+                (),
+                "a module case needs module: a map from layer name to layer, such as {fc1: Linear(8, 4)}",
+            )
         layers: list[tuple[str, Layer]] = []
         for name, text in raw_layers.items():
             try:
@@ -339,18 +432,34 @@ class _Builder:
         broken = chain_problem(layers)
         if broken:
             raise self.fail(("module", broken[0]), broken[1])
-        shapes = {f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()}
+        shapes = {
+            f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()
+        }
         params = list(shapes)
         rules = []
         for i, rule in enumerate(data.get("shard") or []):
             places = self.placements(rule["placements"], ("shard", i, "placements"), mesh, None)
             rules.append({"params": rule["params"], "placements": [p.as_json() for p in places]})
+        for i, rule in enumerate(rules):
+            if not any(fnmatch.fnmatchcase(param, rule["params"]) for param in shapes):
+                raise self.fail(
+                    ("shard", i, "params"),
+                    f"shard rule '{rule['params']}' matches no parameter of this module (a typo?); its parameters are: {', '.join(shapes) or 'none'}",
+                )
         for param, shape in shapes.items():
-            index = next((i for i, r in enumerate(rules) if fnmatch.fnmatchcase(param, r["params"])), None)
+            index = next(
+                (i for i, r in enumerate(rules) if fnmatch.fnmatchcase(param, r["params"])), None
+            )
             if index is None:
                 continue
             # Checked against the parameter's real rank: XLA fails obscurely otherwise.
-            self.placements(data["shard"][index]["placements"], ("shard", index, "placements"), mesh, len(shape), what=f"parameter {param} {list(shape)}")
+            self.placements(
+                data["shard"][index]["placements"],
+                ("shard", index, "placements"),
+                mesh,
+                len(shape),
+                what=f"parameter {param} {list(shape)}",
+            )
         self.v.description.update(mesh=list(mesh), module={n: str(layer) for n, layer in layers})
         seed_key = f"{PurePath(self.case.doc.path).name}::{self.case.id}"
         self.v.request = {
@@ -364,23 +473,44 @@ class _Builder:
 
     def module_expectations(self, params: list[str], layers: list[tuple[str, Layer]]) -> None:
         expect = self.case.data.get("expect") or {}
-        for name in ("global_shape", "local_shape", "local_shapes", "padded_local_shape", "error"):
+        if "error" in expect:
+            self.v.expects.append(
+                Expect("error", dict(expect["error"]), self.case.locate(("expect", "error")))
+            )
+        for name in ("global_shape", "local_shape", "local_shapes", "padded_local_shape"):
             if name in expect:
-                raise self.fail(("expect", name), f"expect.{name} is for tensor cases; a module case can't use it")
+                raise self.fail(
+                    ("expect", name),
+                    f"expect.{name} is for tensor cases; a module case can't use it",
+                )
         for name in ("sharded_params", "unsharded_params"):
             for i, param in enumerate(expect.get(name, [])):
                 if param not in params:
-                    raise self.fail((("expect", name, i)), f"'{param}' is not a parameter of this module" + (_suggest(param, params) or f"; its parameters are: {', '.join(params)}"))
+                    raise self.fail(
+                        (("expect", name, i)),
+                        f"'{param}' is not a parameter of this module"
+                        + (_suggest(param, params) or f"; its parameters are: {', '.join(params)}"),
+                    )
             if name in expect:
-                self.v.expects.append(Expect(name, list(expect[name]), self.case.locate(("expect", name))))
+                self.v.expects.append(
+                    Expect(name, list(expect[name]), self.case.locate(("expect", name)))
+                )
         specs = expect.get("sharding_spec")
         if specs is not None:
             if not isinstance(specs, dict) or any(k.isdigit() for k in specs):
-                raise self.fail(("expect", "sharding_spec"), "a module case's expect.sharding_spec maps parameter names to spec strings, such as {fc1.weight: '{devices=[4,1]0,1,2,3}'}")
+                raise self.fail(
+                    ("expect", "sharding_spec"),
+                    "a module case's expect.sharding_spec maps parameter names to spec strings, such as {fc1.weight: '{devices=[4,1]0,1,2,3}'}",
+                )
             for param, value in specs.items():
                 if param not in params:
-                    raise self.fail(("expect", "sharding_spec", param), f"'{param}' is not a parameter of this module" + _suggest(param, params))
-                found = self.spec_strings(value, ("expect", "sharding_spec", param), f"sharding_spec[{param}]")
+                    raise self.fail(
+                        ("expect", "sharding_spec", param),
+                        f"'{param}' is not a parameter of this module" + _suggest(param, params),
+                    )
+                found = self.spec_strings(
+                    value, ("expect", "sharding_spec", param), f"sharding_spec[{param}]"
+                )
                 if found:
                     self.v.expects.append(found)
         if "forward" in expect:
@@ -391,9 +521,18 @@ class _Builder:
             if problem:
                 raise self.fail(("expect", "forward", "input_shape"), problem)
             if math.prod(shape) > self.max_elements:
-                raise self.fail(("expect", "forward", "input_shape"), f"forward.input_shape {shape} is over the limit of {self.max_elements} elements")
+                raise self.fail(
+                    ("expect", "forward", "input_shape"),
+                    f"forward.input_shape {shape} is over the limit of {self.max_elements} elements",
+                )
             self.v.request["forward"] = {"input_shape": shape, "rtol": fwd.get("rtol", 1.3e-6)}
-            self.v.expects.append(Expect("forward", {"atol": fwd.get("atol", 1e-5), "rtol": fwd.get("rtol", 1.3e-6)}, self.case.locate(("expect", "forward"))))
+            self.v.expects.append(
+                Expect(
+                    "forward",
+                    {"atol": fwd.get("atol", 1e-5), "rtol": fwd.get("rtol", 1.3e-6)},
+                    self.case.locate(("expect", "forward")),
+                )
+            )
 
 
 def _suggest(word: str, options: list[str]) -> str:

@@ -223,13 +223,14 @@ class SpecFile(pytest.File):
 
     def collect(self):
         run = self.config.stash[RUN_KEY]
-        shown = self.nodeid or str(self.path)
+        # Messages name the file as seen from where pytest was started (clickable there).
+        shown = os.path.relpath(self.path, self.config.invocation_params.dir)
         spec = read(self.path, shown)
-        run.cases.setdefault(shown, set())  # listed in the ledger even with no case
+        ledger = run.cases.setdefault(self.nodeid, set())  # listed even with no case
         if spec.problems:
             yield ProblemItem.from_parent(self, name=FILE_ITEM, problems=spec.problems)
         for case in spec.cases:
-            run.cases[shown].add(case.id)
+            ledger.add(case.id)
             for engine in ENGINES:
                 for n in run.device_counts():
                     for variant in _expand(case, engine, n, run.max_elements):
