@@ -45,6 +45,19 @@ cases:
       - {params: "*", placements: [Shard(0)]}
     expect:
       sharded_params: [fc1.wieght]
+  - id: partial_param_rejected
+    kind: module
+    mesh: [n]
+    module: {fc1: Linear(8, 4)}
+    shard:
+      - {params: "fc1.weight", placements: [Partial()]}
+    expect: {error: {type: ValueError, match: "Unsupported placement"}}
+  - id: rule_matches_nothing
+    kind: module
+    mesh: [n]
+    module: {fc1: Linear(8, 4)}
+    shard:
+      - {params: "fc2.*", placements: [Shard(0)]}
   - id: bias_dim_out_of_range
     kind: module
     mesh: [n]
@@ -58,7 +71,7 @@ def test_module_cases(pytester: pytest.Pytester) -> None:
     (pytester.path / "specs").mkdir()
     (pytester.path / "specs" / "modules.yaml").write_text(textwrap.dedent(MODULES).lstrip())
     result = pytester.runpytest("--devices", "2")
-    result.assert_outcomes(passed=1, failed=3)
+    result.assert_outcomes(passed=2, failed=4)
     out = result.stdout.str()
     assert (
         "specs/modules.yaml:30:23: expect.sharded_params\n"
@@ -69,5 +82,9 @@ def test_module_cases(pytester: pytest.Pytester) -> None:
         "specs/modules.yaml:38:24: 'fc1.wieght' is not a parameter of this module; "
         "did you mean 'fc1.weight'?"
     ) in out
-    assert "specs/modules.yaml:44:36: Shard(1) is outside parameter fc1.bias [4]'s 1 dim(s)" in out
+    assert (
+        "specs/modules.yaml:51:18: shard rule 'fc2.*' matches no parameter of this module "
+        "(a typo?); its parameters are: fc1.weight, fc1.bias"
+    ) in out
+    assert "specs/modules.yaml:57:36: Shard(1) is outside parameter fc1.bias [4]'s 1 dim(s)" in out
     assert "Traceback" not in out

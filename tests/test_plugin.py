@@ -174,6 +174,11 @@ def test_xla_observations_are_judged_with_located_messages(pytester: pytest.Pyte
             placements: [Shard(0), Shard(0)]
             input: {shape: [2*n, 3]}
             xfail: {reason: "torch_xla keeps only the last mesh axis"}
+          - id: fewer_rows_than_devices
+            mesh: [n]
+            placements: [Shard(0)]
+            input: {shape: [3, 5]}
+            expect: {local_shapes: [[1, 5], [1, 5], [1, 5], [0, 5]]}
           - id: spec_by_count
             mesh: [n]
             placements: [Shard(1)]
@@ -183,7 +188,7 @@ def test_xla_observations_are_judged_with_located_messages(pytester: pytest.Pyte
         """,
     )
     result = pytester.runpytest("--devices", "4", "-rx")
-    result.assert_outcomes(passed=2, failed=2, xfailed=1)
+    result.assert_outcomes(passed=3, failed=2, xfailed=1)
     out = result.stdout.str()
     assert_lines(
         result,
