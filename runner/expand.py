@@ -17,11 +17,11 @@ from typing import Any
 
 from . import expr, oracle
 from . import placements as placement_parser
-from .layers import Layer, chain_problem, parse_layer
+from .layers import Layer, LayerError, chain_problem, parse_layer
 from .placements import Placement
 from .problems import Mark, Problem
 from .spec import Case
-from .yamlload import JsonPath
+from .yamlload import JsonPath, short
 
 DEFAULT_MAX_ELEMENTS = 1 << 26
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
@@ -69,7 +69,9 @@ def grad_flags(case: Case) -> list[bool | None]:
     """One entry per test the case's requires_grad asks for (None for modules)."""
     if case.kind != "tensor":
         return [None]
-    flag = (case.data.get("input") or {}).get("requires_grad", False)
+    inp = case.data.get("input")
+    # Cases with schema problems get here too, so input may be anything.
+    flag = inp.get("requires_grad", False) if isinstance(inp, dict) else False
     if isinstance(flag, bool):
         return [flag]
     if isinstance(flag, list) and flag and all(isinstance(f, bool) for f in flag):
@@ -134,20 +136,21 @@ def _mask(counts: Any) -> int:
 
 
 @functools.cache
-def _candidates() -> list[tuple[str, int]]:
-    """Every simple requires (text, device counts it allows), most natural first."""
-    out: list[tuple[str, int]] = []
+def _candidates() -> list[tuple[str, int, int]]:
+    """Every simple requires: (its words, the counts it allows, the count it names or 0)."""
+    out: list[tuple[str, int, int]] = []
     divisible = {k: _mask(m for m in _HINT_COUNTS if m % k == 0) for k in range(2, 17)}
     at_least = {low: _mask(range(low, 65)) for low in range(2, 65)}
     for k, mask in divisible.items():
-        out.append((f"devices_divisible_by: {k}", mask))
+        out.append((f"devices_divisible_by: {k}", mask, 0))
     for low, mask in at_least.items():
-        out.append((f"min_devices: {low}", mask))
+        out.append((f"min_devices: {low}", mask, low))
     for high in range(1, 64):
-        out.append((f"max_devices: {high}", _mask(range(1, high + 1))))
+        out.append((f"max_devices: {high}", _mask(range(1, high + 1)), high))
     for k, div_mask in divisible.items():
         for low, low_mask in at_least.items():
-            out.append((f"devices_divisible_by: {k}, min_devices: {low}", div_mask & low_mask))
+            both = f"devices_divisible_by: {k}, min_devices: {low}"
+            out.append((both, div_mask & low_mask, low))
     return out
 
 
@@ -170,15 +173,20 @@ def requires_hint(text: str, n: int, minimum: int = 1, requires: Any = None) -> 
     now = _mask(m for m in _HINT_COUNTS if not _unmet(req, m))  # counts the case runs at today
     if not good & now:
         return "no device count makes it valid, so fix the expression rather than skip it"
-    best: tuple[str, int] | None = None
-    for words, allowed in _candidates():
-        kept = allowed & now
-        if kept and not kept & ~good and not kept >> n & 1:
-            if best is None or kept.bit_count() > best[1].bit_count():
-                best = (words, kept)
-    if best is None:
+    # (words, counts kept) of each requirement that skips n and keeps only good counts
+    working = [
+        (words, kept)
+        for words, allowed, named in _candidates()
+        if (kept := allowed & now)
+        and not kept & ~good
+        and not kept >> n & 1
+        # min_devices: 3 with only even counts kept reads as a puzzle: name a kept count
+        and (not named or kept >> named & 1)
+    ]
+    if not working:
         return "add a requires: entry (min_devices, max_devices or devices_divisible_by) to skip it"
-    return f"add requires: {{{best[0]}}} to skip such device counts"
+    words = max(working, key=lambda item: item[1].bit_count())[0]  # first of the best wins
+    return f"add requires: {{{words}}} to skip such device counts"
 
 
 class _Builder:
@@ -201,15 +209,18 @@ class _Builder:
         except expr.ExprError as exc:
             message = str(exc)
             if "n=" in message:
-                message += f"; {requires_hint(value, self.n)}"
+                message += f"; {self.hint(value, minimum)}"
             raise self.fail(path, message) from None
         if result < minimum:
-            hint = f"; {requires_hint(value, self.n)}" if isinstance(value, str) else ""
+            hint = f"; {self.hint(value, minimum)}" if isinstance(value, str) else ""
             raise self.fail(
                 path,
-                f"'{value}' is {result} when n={self.n}; a size here must be at least {minimum}{hint}",
+                f"'{short(value, 200)}' is {result} when n={self.n}; a size here must be at least {minimum}{hint}",
             )
         return result
+
+    def hint(self, text: str, minimum: int = 1) -> str:
+        return requires_hint(text, self.n, minimum, self.case.data.get("requires"))
 
     def shape(self, value: Any, path: JsonPath, *, minimum: int = 1) -> tuple[int, ...]:
         if not isinstance(value, list):
@@ -228,19 +239,31 @@ class _Builder:
                 ("mesh",), "mesh may hold at most one -1 (the size worked out from the rest)"
             )
         known = math.prod(s for s in sizes if s != -1)
+        # A mesh written without n fits one device count only: say which requires that is.
+        fixed = all(isinstance(s, int) for s in data["mesh"])
+        written = f"[{', '.join(map(str, data['mesh']))}]"  # as in the YAML: [2, n/2]
         if -1 in sizes:
             if self.n % known:
+                skip = (
+                    f"requires: {{devices_divisible_by: {known}}}" if fixed else "a requires: entry"
+                )
                 raise self.fail(
                     ("mesh",),
-                    f"mesh {data['mesh']}: the other sizes multiply to {known}, which does not "
-                    f"divide n={self.n}, so -1 can't be worked out; add a requires: entry to skip it",
+                    f"mesh {written}: the other sizes multiply to {known}, which does not "
+                    f"divide n={self.n}, so -1 can't be worked out; add {skip} to skip it",
                 )
             sizes[sizes.index(-1)] = self.n // known
         elif known != self.n:
+            only = (
+                f", or add requires: {{min_devices: {known}, max_devices: {known}}} to run it "
+                f"only at n={known}"
+                if fixed
+                else ""
+            )
             raise self.fail(
                 ("mesh",),
-                f"mesh {data['mesh']} is {' x '.join(map(str, sizes))} = {known} devices, but this "
-                f"run has n={self.n}; the mesh must span all devices (use n, n/2 or -1)",
+                f"mesh {written} is {' x '.join(map(str, sizes))} = {known} devices, but this "
+                f"run has n={self.n}; the mesh must span all devices (use n, n/2 or -1){only}",
             )
         return tuple(sizes)
 
@@ -427,11 +450,21 @@ class _Builder:
         for name, text in raw_layers.items():
             try:
                 layers.append((name, parse_layer(text, self.n)))
-            except ValueError as exc:
-                raise self.fail(("module", name), str(exc)) from None
+            except LayerError as exc:
+                hint = f"; {self.hint(exc.expression)}" if exc.expression else ""
+                raise self.fail(("module", name), f"{exc}{hint}") from None
         broken = chain_problem(layers)
         if broken:
             raise self.fail(("module", broken[0]), broken[1])
+        sizes = {name: sum(map(math.prod, layer.params.values())) for name, layer in layers}
+        if sum(sizes.values()) > self.max_elements:
+            biggest = max(sizes, key=sizes.__getitem__)
+            raise self.fail(
+                ("module", biggest),
+                f"the module's parameters hold {sum(sizes.values())} elements at n={self.n}, over "
+                f"the limit of {self.max_elements} ({biggest} alone holds {sizes[biggest]}); make "
+                "the layers smaller (or raise --shardspec-max-elements)",
+            )
         shapes = {
             f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()
         }
@@ -444,7 +477,7 @@ class _Builder:
             if not any(fnmatch.fnmatchcase(param, rule["params"]) for param in shapes):
                 raise self.fail(
                     ("shard", i, "params"),
-                    f"shard rule '{rule['params']}' matches no parameter of this module (a typo?); its parameters are: {', '.join(shapes) or 'none'}",
+                    f"shard rule '{short(rule['params'])}' matches no parameter of this module (a typo?); its parameters are: {', '.join(shapes) or 'none'}",
                 )
         for param, shape in shapes.items():
             index = next(
@@ -488,7 +521,7 @@ class _Builder:
                 if param not in params:
                     raise self.fail(
                         (("expect", name, i)),
-                        f"'{param}' is not a parameter of this module"
+                        f"'{short(param)}' is not a parameter of this module"
                         + (_suggest(param, params) or f"; its parameters are: {', '.join(params)}"),
                     )
             if name in expect:
@@ -506,10 +539,11 @@ class _Builder:
                 if param not in params:
                     raise self.fail(
                         ("expect", "sharding_spec", param),
-                        f"'{param}' is not a parameter of this module" + _suggest(param, params),
+                        f"'{short(param)}' is not a parameter of this module"
+                        + _suggest(param, params),
                     )
                 found = self.spec_strings(
-                    value, ("expect", "sharding_spec", param), f"sharding_spec[{param}]"
+                    value, ("expect", "sharding_spec", param), f"sharding_spec[{short(param)}]"
                 )
                 if found:
                     self.v.expects.append(found)

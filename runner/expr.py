@@ -67,6 +67,11 @@ def _apply(text: str, op: str, a: int, b: int, n: int) -> int:
     return a % b
 
 
+def _visible(text: str) -> str:
+    """``text`` for a one-line message: tabs, newlines and other controls escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _tokenize(text: str) -> list[str]:
     tokens: list[str] = []
     pos = 0
@@ -74,9 +79,9 @@ def _tokenize(text: str) -> list[str]:
     while pos < len(stripped):
         match = _TOKEN.match(stripped, pos)
         if not match:
-            bad = stripped[pos:].lstrip()[:1]
+            bad = _visible(stripped[pos:].lstrip(" \t")[:1])
             raise ExprError(
-                f"'{text}' is not a valid size: '{bad}' is not allowed; use whole numbers, n, "
+                f"'{_visible(text)}' is not a valid size: '{bad}' is not allowed; use whole numbers, n, "
                 "+ - * / // % and parentheses (for example 3*n or n/2)"
             )
         tokens.append(match.group(match.lastindex))
@@ -90,16 +95,21 @@ def parse(text: str | int) -> Expr:
         raise ExprError(f"{str(text).lower()} is not a size; write a number or an expression in n")
     if isinstance(text, int):
         return Expr(str(text), (text,))
+    if not isinstance(text, str):
+        raise ExprError(
+            f"{type(text).__name__} is not a size; write a number or an expression in n"
+        )
     if len(text) > MAX_LENGTH:
         raise ExprError(f"the expression is longer than {MAX_LENGTH} characters; simplify it")
     tokens = _tokenize(text)
     if not tokens:
         raise ExprError("an empty expression; write a number or an expression in n such as 2*n")
-    parser = _Parser(text, tokens)
+    shown = _visible(text)  # the text that messages quote, from here on
+    parser = _Parser(shown, tokens)
     parser.expr()
     if parser.pos != len(tokens):
-        raise ExprError(f"'{text}' is not a valid expression: unexpected '{tokens[parser.pos]}'")
-    return Expr(text, tuple(parser.out))
+        raise ExprError(f"'{shown}' is not a valid expression: unexpected '{tokens[parser.pos]}'")
+    return Expr(shown, tuple(parser.out))
 
 
 class _Parser:

@@ -6,10 +6,12 @@ LayerNorm(d), Embedding(num, dim). Sizes may be expressions in n.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
 from . import expr
+from .yamlload import short
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
 # name -> (positional size arguments, allowed keyword flags)
@@ -34,6 +36,14 @@ _SIGNATURE = {
 SIGNATURES = ", ".join(_SIGNATURE.values())
 
 
+class LayerError(ValueError):
+    """A layer that can't be read or built; ``expression`` is the size at fault, if one is."""
+
+    def __init__(self, message: str, expression: str | None = None):
+        super().__init__(message)
+        self.expression = expression
+
+
 @dataclass(frozen=True)
 class Layer:
     """A parsed layer with its sizes resolved for one n."""
@@ -47,7 +57,11 @@ class Layer:
         """Parameter names and shapes, as torch.nn creates them."""
         if self.kind == "Linear":
             in_f, out_f = self.sizes
-            return {"weight": (out_f, in_f), "bias": (out_f,)} if self.bias else {"weight": (out_f, in_f)}
+            return (
+                {"weight": (out_f, in_f), "bias": (out_f,)}
+                if self.bias
+                else {"weight": (out_f, in_f)}
+            )
         if self.kind == "LayerNorm":
             return {"weight": self.sizes, "bias": self.sizes}
         if self.kind == "Embedding":
@@ -80,17 +94,15 @@ class Layer:
 
 
 def parse_layer(text: str, n: int) -> Layer:
-    """Parse one layer for device count ``n``; raises ValueError in plain words."""
+    """Parse one layer for device count ``n``; raises LayerError in plain words."""
     match = _CALL.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError(f"'{text}' is not a layer; write one of {SIGNATURES}")
+        raise LayerError(f"'{short(text)}' is not a layer; write one of {SIGNATURES}")
     name, body = match.group(1), match.group(2).strip()
     if name not in ALLOWED:
-        import difflib
-
         close = difflib.get_close_matches(name, list(ALLOWED), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise ValueError(f"unknown layer '{name}'; {hint}allowed layers: {SIGNATURES}")
+        raise LayerError(f"unknown layer '{short(name)}'; {hint}allowed layers: {SIGNATURES}")
     positional, flags = ALLOWED[name]
     args = [a.strip() for a in body.split(",")] if body else []
     sizes: list[int] = []
@@ -99,20 +111,24 @@ def parse_layer(text: str, n: int) -> Layer:
         if "=" in arg:
             key, _, value = (part.strip() for part in arg.partition("="))
             if key not in flags:
-                raise ValueError(f"{name} has no option '{key}'; write {_signature(name)}")
+                raise LayerError(f"{name} has no option '{short(key)}'; write {_signature(name)}")
             if value not in ("true", "false"):
-                raise ValueError(f"{name}({key}=...) takes true or false, not '{value}'")
+                raise LayerError(f"{name}({key}=...) takes true or false, not '{short(value)}'")
             bias = value == "true"
             continue
         try:
             size = expr.parse(arg).evaluate(n)
         except expr.ExprError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            raise LayerError(f"{name}: {exc}", arg if "n=" in str(exc) else None) from None
         if size < 1:
-            raise ValueError(f"{name}: '{arg}' is {size} when n={n}; sizes must be at least 1")
+            raise LayerError(
+                f"{name}: '{short(arg, 200)}' is {size} when n={n}; sizes must be at least 1", arg
+            )
         sizes.append(size)
     if len(sizes) != len(positional):
-        raise ValueError(f"{name} takes {len(positional)} size(s) ({', '.join(positional) or 'none'}), not {len(sizes)}; write {_signature(name)}")
+        raise LayerError(
+            f"{name} takes {len(positional)} size(s) ({', '.join(positional) or 'none'}), not {len(sizes)}; write {_signature(name)}"
+        )
     return Layer(name, tuple(sizes), bias)
 
 

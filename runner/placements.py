@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .yamlload import short
+
 _FORMS = re.compile(
     r"^\s*(?:Shard\(\s*(?P<dim>[+-]?[0-9]{1,6})\s*\)|(?P<other>Replicate|Partial)\(\s*\))\s*$"
 )
@@ -37,7 +39,7 @@ def parse(text: str) -> Placement:
     """Parse a placement string; raises ValueError with a plain hint."""
     match = _FORMS.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError(f"'{text}' is not a placement; write {EXAMPLES}")
+        raise ValueError(f"'{short(text)}' is not a placement; write {EXAMPLES}")
     if match.group("dim") is not None:
         return Placement("shard", int(match.group("dim")))
     return Placement(match.group("other").lower())

@@ -12,8 +12,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from .problems import Problem
-from .yamlload import Document, JsonPath
+from .problems import Mark, Problem
+from .yamlload import Document, JsonPath, short
 
 _PACKAGED = Path(__file__).with_name("spec.schema.json")  # inside an installed wheel
 _SOURCE = Path(__file__).resolve().parent.parent / "schema" / "spec.schema.json"  # the checkout
@@ -35,18 +35,50 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(schema())
 
 
+MAX_ERRORS = 200  # per file: more is noise, and each costs time on a huge broken file
+
+
 def validate(doc: Document) -> tuple[list[Problem], dict[int, list[Problem]]]:
     """Schema problems of the whole file, and of each case (by index), in plain words."""
     file_errors: list[ValidationError] = []
     case_errors: dict[int, list[ValidationError]] = defaultdict(list)
-    for error in validator().iter_errors(doc.data):
+    last_case: int | None = None
+    count = 0
+    for count, error in enumerate(validator().iter_errors(doc.data), 1):
         path = tuple(error.absolute_path)
         if len(path) >= 2 and path[0] == "cases" and isinstance(path[1], int):
             case_errors[path[1]].append(error)
+            last_case = path[1]
         else:
             file_errors.append(error)
+            last_case = None
+        if count >= MAX_ERRORS:
+            break
     file_problems = [describe(best_match(file_errors), doc)] if file_errors else []
-    return file_problems, {i: [describe(best_match(errs), doc)] for i, errs in case_errors.items()}
+    case_problems = {i: [describe(best_match(errs), doc)] for i, errs in case_errors.items()}
+    cases = doc.data.get("cases") if isinstance(doc.data, dict) else None
+    count_cases = len(cases) if isinstance(cases, list) else 0
+    in_defaults = [e for e in file_errors if tuple(e.absolute_path)[:1] == ("defaults",)]
+    if in_defaults:
+        # Every case inherits the defaults: none may run with a broken one merged in.
+        wrong = describe(best_match(in_defaults), doc)
+        for i in range(count_cases):
+            case_problems.setdefault(i, []).append(
+                doc.problem(
+                    ("cases", i),
+                    f"the defaults this case inherits have a mistake at line {wrong.mark.line}: "
+                    f"{wrong.message}",
+                )
+            )
+    if count >= MAX_ERRORS:
+        # Errors come in file order: cases after the last one seen were never checked.
+        first_unchecked = 0 if last_case is None else last_case + 1
+        message = f"this file has too many mistakes to check them all (over {MAX_ERRORS}); fix the ones shown first"
+        file_problems.append(Problem(doc.path, Mark(1, 1), message))
+        for i in range(first_unchecked, count_cases):
+            if i not in case_problems:
+                case_problems[i] = [doc.problem(("cases", i), f"not checked: {message}")]
+    return file_problems, case_problems
 
 
 _KINDS = {
@@ -70,13 +102,8 @@ def kind_of(value: Any) -> str:
     if value is None:
         return "empty"
     if isinstance(value, str):
-        return f"the text '{_short(value)}'"
-    return f"the number {value}"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"the text '{short(value)}'"
+    return f"the number {short(value)}"
 
 
 def where(path: JsonPath) -> str:
@@ -87,7 +114,11 @@ def where(path: JsonPath) -> str:
             return "the case"
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += (
+            f"[{part}]"
+            if isinstance(part, int)
+            else (f".{short(part, 40)}" if out else short(part, 40))
+        )
     return out or "the file"
 
 
@@ -106,6 +137,23 @@ def _types(value: Any) -> str:
     return " or ".join(_KINDS.get(name, name) for name in names)
 
 
+def _type_hint(expected: Any, value: Any) -> str:
+    """Why YAML gave a different type than meant, when we can tell."""
+    names = expected if isinstance(expected, list) else [expected]
+    if "string" in names and isinstance(value, (int, float)):
+        text = json.dumps(value)
+        return f'; put it in quotes ("{short(text)}") to make it text'
+    if {"number", "integer"} & set(names) and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        if number == number and "." not in value and "e" in value.lower():
+            # PyYAML follows YAML 1.1: an exponent without a dot is not a number.
+            return f"; YAML reads '{short(value)}' as text: write it with a dot, like {number:.1e}"
+    return ""
+
+
 def describe(error: ValidationError, doc: Document) -> Problem:
     """One schema error as a located, plain-words problem."""
     path = tuple(error.absolute_path)
@@ -118,14 +166,27 @@ def describe(error: ValidationError, doc: Document) -> Problem:
             key = extra[0]
             inside = "" if at == "the case" else f" in {at}"
             suggestion = did_you_mean(key, known) or f"; allowed keys: {', '.join(known)}"
-            return doc.problem((*path, key), f"unknown key '{key}'{inside}{suggestion}", at_key=True)
+            return doc.problem(
+                (*path, key), f"unknown key '{short(key)}'{inside}{suggestion}", at_key=True
+            )
         if extra:
-            return doc.problem((*path, extra[0]), f"{at}: '{extra[0]}' is not allowed here", at_key=True)
+            return doc.problem(
+                (*path, extra[0]), f"{at}: '{short(extra[0])}' is not allowed here", at_key=True
+            )
+    if "propertyNames" in error.relative_schema_path and isinstance(inst, str):
+        # A bad key: jsonschema reports it at its map, but the key has its own line.
+        return doc.problem(
+            (*path, inst),
+            f"{at}: the key '{short(inst)}' is not {hint or 'allowed here'}",
+            at_key=True,
+        )
     if kind == "required":
         missing = [k for k in val if k not in inst]
         return doc.problem(path, f"{at} needs the key '{missing[0]}'")
     if kind == "type":
-        return doc.problem(path, f"{at} must be {_types(val)}, not {kind_of(inst)}")
+        return doc.problem(
+            path, f"{at} must be {_types(val)}, not {kind_of(inst)}{_type_hint(val, inst)}"
+        )
     if kind == "enum":
         options = ", ".join(str(v) for v in val)
         return doc.problem(
@@ -135,10 +196,8 @@ def describe(error: ValidationError, doc: Document) -> Problem:
         )
     if kind == "const":
         return doc.problem(path, f"{at} must be {json.dumps(val)}, not {kind_of(inst)}")
-    if kind == "pattern" and hint:
-        return doc.problem(path, f"{at}: {kind_of(inst)} is not {hint}")
-    if kind == "propertyNames":
-        return doc.problem(path, f"{at}: {error.message}")
+    if kind == "pattern":
+        return doc.problem(path, f"{at}: {kind_of(inst)} is not {hint or 'in the expected form'}")
     if kind in ("minimum", "exclusiveMinimum"):
         word = "at least" if kind == "minimum" else "more than"
         return doc.problem(path, f"{at} must be {word} {val}, not {inst}")
@@ -157,9 +216,12 @@ def describe(error: ValidationError, doc: Document) -> Problem:
     if kind == "uniqueItems":
         return doc.problem(path, f"{at} lists the same item twice; remove the repeat")
     if kind == "not":
-        return doc.problem(path, f"{at}: {kind_of(inst)} is not allowed here")
+        return doc.problem(
+            path, f"{at}: {kind_of(inst)} is not allowed here" + (f"; use {hint}" if hint else "")
+        )
     if kind in ("oneOf", "anyOf"):
         expected = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
         text = f"{at}: {kind_of(inst)} is not valid here"
         return doc.problem(path, text + (f". Expected: {expected}" if expected else ""))
-    return doc.problem(path, f"{at}: {error.message}")
+    # jsonschema's own message quotes the whole value: never show it.
+    return doc.problem(path, f"{at}: {kind_of(inst)} is not valid here")

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import schema
 from .problems import Mark, Problem, SpecError
-from .yamlload import Document, JsonPath, load_file
+from .yamlload import Document, JsonPath, load_file, short
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Case:
 
     def locate(self, path: JsonPath) -> Mark:
         """Line of a value in the merged case: the case's own line, else the defaults'."""
+
         def depth(prefix: tuple) -> int:
             return max(k for k in range(len(path) + 1) if self.doc.has((*prefix, *path[:k])))
 
@@ -96,11 +97,14 @@ def split(doc: Document) -> SpecFile:
         case = Case(doc, index, case_id, merged, list(case_problems.get(index, [])))
         if case_id in first_seen:
             first = first_seen[case_id]
+            again = doc.mark(("cases", index, "id"))
+            before = doc.mark(("cases", first.index, "id"))
             case.problems.append(
-                doc.problem(
-                    ("cases", index, "id"),
-                    f"duplicate case id '{case_id}' (first at line {first.mark.line}); "
-                    "every case id must be unique in its file: rename one",
+                Problem(
+                    doc.path,
+                    again,
+                    f"duplicate case id '{short(case_id)}' (first at line {before.line}, again "
+                    f"at line {again.line}); every case id must be unique in its file: rename one",
                 )
             )
             case.id = f"{case_id}@{index}"

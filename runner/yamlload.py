@@ -8,7 +8,7 @@ timestamps stay strings, and aliases can't blow up memory or nesting.
 
 from __future__ import annotations
 
-import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,14 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
+# Text after aliases are expanded: one long string repeated by aliases would otherwise
+# make the validator's messages (which repr the values) huge.
+MAX_CHARS = 2 * MAX_BYTES
+MAX_DIGITS = 100  # no size in a spec needs more; Python refuses over 4300 anyway
 
 _TAG = "tag:yaml.org,2002:"
 _BOOL_WORDS = {"true": True, "false": False}
+_KEY_TAGS = {_TAG + kind for kind in ("str", "null", "bool", "int", "float", "timestamp")}
 _constructor = yaml.constructor.SafeConstructor()
 
 JsonPath = tuple[str | int, ...]
@@ -65,25 +70,45 @@ def _mark(node: yaml.Node) -> Mark:
     return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+def short(value: object, limit: int = 60) -> str:
+    """``value`` as text for a one-line message, cut to ``limit`` characters."""
+    text = str(value)
+    text = text if text.isprintable() else repr(text)[1:-1]  # newlines, tabs escaped
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Builder:
-    def __init__(self, path: str, max_nodes: int, max_depth: int):
+    def __init__(self, path: str, max_nodes: int, max_depth: int, max_chars: int):
         self.doc = Document(path, None)
         self.max_nodes = max_nodes
         self.max_depth = max_depth
+        self.max_chars = max_chars
         self.count = 0
+        self.chars = 0
         self.active: set[int] = set()
 
     def fail(self, node: yaml.Node, message: str) -> SpecError:
         return SpecError([Problem(self.doc.path, _mark(node), message)])
 
-    def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
-        self.count += 1
+    def spend(self, node: yaml.Node, chars: int, values: int = 1) -> None:
+        """Count a value (and its text) against the budgets, aliases included."""
+        self.count += values
+        self.chars += chars
         if self.count > self.max_nodes:
             raise self.fail(
                 node,
                 f"the file expands to more than {self.max_nodes} values (too many aliases?); "
                 "a spec file should be small: split it or remove the repeated aliases",
             )
+        if self.chars > self.max_chars:
+            raise self.fail(
+                node,
+                f"the file expands to more than {self.max_chars} characters of text (too many "
+                "aliases of long text?); split it or remove the repeated aliases",
+            )
+
+    def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
+        self.spend(node, len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
         if depth > self.max_depth:
             raise self.fail(
                 node, f"values are nested more than {self.max_depth} levels deep; flatten the file"
@@ -97,7 +122,9 @@ class _Builder:
         try:
             if isinstance(node, yaml.SequenceNode):
                 self.check_tag(node, "seq")
-                return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+                return [
+                    self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)
+                ]
             self.check_tag(node, "map")
             return self.mapping(node, path, depth)
         finally:
@@ -105,7 +132,7 @@ class _Builder:
 
     def check_tag(self, node: yaml.Node, kind: str) -> None:
         if node.tag != _TAG + kind:
-            raise self.fail(node, f"YAML tags like {node.tag!r} are not allowed in spec files; remove it")
+            raise self.fail(node, _tag_message(node.tag))
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
         tag, text = node.tag, node.value
@@ -123,16 +150,27 @@ class _Builder:
             )
         if tag == _TAG + "int":
             plain = text.lstrip("+-")
+            if plain.isdigit() and plain.isascii() and len(plain) > MAX_DIGITS:
+                raise self.fail(
+                    node,
+                    f"a number with {len(plain)} digits is far too large for a spec; "
+                    "write a smaller number",
+                )
             if plain.isdigit() and plain.isascii():
                 return int(text)
             raise self.fail(
                 node,
-                f"'{text}' is read by YAML as a number in an unusual notation; write a plain "
-                f'decimal number, or put it in quotes ("{text}") if you meant text',
+                f"'{short(text)}' is read by YAML as a number in an unusual notation; write a "
+                f'plain decimal number, or put it in quotes ("{short(text)}") if you meant text',
             )
         if tag == _TAG + "float":
-            return _constructor.construct_yaml_float(node)
-        raise self.fail(node, f"YAML tags like {tag!r} are not allowed in spec files; remove it")
+            value = _constructor.construct_yaml_float(node)
+            if value != value:  # NaN compares unequal to everything, so no check could pass
+                raise self.fail(
+                    node, f"'{short(text)}' (not a number) can't be used here; write a number"
+                )
+            return value
+        raise self.fail(node, _tag_message(tag))
 
     def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict:
         out: dict[str, Any] = {}
@@ -143,13 +181,16 @@ class _Builder:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self.fail(key_node, "a key must be a plain word, not a list or a map")
+            if key_node.tag not in _KEY_TAGS:  # a key is only ever used as text
+                raise self.fail(key_node, _tag_message(key_node.tag))
             key = key_node.value
+            self.spend(key_node, len(key), values=0)
             if key in seen and seen[key] != Mark(0, 0):
                 first = seen[key]
                 raise self.fail(
                     key_node,
-                    f"duplicate key '{key}' (first at line {first.line}); "
-                    "each key may appear once in a map: remove or rename one",
+                    f"duplicate key '{short(key)}' (first at line {first.line}, again at line "
+                    f"{_mark(key_node).line}); each key may appear once in a map: remove or rename one",
                 )
             seen[key] = _mark(key_node)
             self.doc.key_marks[(*path, key)] = _mark(key_node)
@@ -168,6 +209,14 @@ class _Builder:
                 if key not in out:
                     out[key] = item
                     seen[key] = Mark(0, 0)  # merged keys may be overridden later
+
+
+def _tag_message(tag: str) -> str:
+    shown = short(tag.replace(_TAG, "!!"))
+    return (
+        f"YAML tags like '{shown}' are not allowed in spec files (nothing in a spec is ever run "
+        "as code); remove the tag"
+    )
 
 
 def _open_call(node: yaml.Node) -> bool:
@@ -218,13 +267,20 @@ def load_text(
     max_bytes: int = MAX_BYTES,
     max_nodes: int = MAX_NODES,
     max_depth: int = MAX_DEPTH,
+    max_chars: int = MAX_CHARS,
 ) -> Document:
     """Parse one YAML document into a :class:`Document`, or raise :class:`SpecError`."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if len(raw) > max_bytes:
         raise SpecError(
-            [Problem(path, Mark(1, 1), f"the file is {len(raw)} bytes, over the {max_bytes}-byte "
-                     "limit for a spec file; split it into smaller files")]
+            [
+                Problem(
+                    path,
+                    Mark(1, 1),
+                    f"the file is {len(raw)} bytes, over the {max_bytes}-byte "
+                    "limit for a spec file; split it into smaller files",
+                )
+            ]
         )
     try:
         decoded = raw.decode("utf-8")
@@ -236,16 +292,20 @@ def load_text(
     try:
         node = yaml.compose(decoded, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        raise SpecError([_syntax_problem(path, exc)]) from None
-    except yaml.YAMLError as exc:  # unmarked reader errors (e.g. control characters)
+        raise SpecError([_syntax_problem(path, exc, decoded)]) from None
+    except yaml.reader.ReaderError as exc:  # control characters: no mark, only a position
+        raise SpecError([_reader_problem(path, exc, decoded)]) from None
+    except yaml.YAMLError as exc:
         raise SpecError([Problem(path, Mark(1, 1), f"this is not valid YAML: {exc}")]) from None
     except RecursionError:
         raise SpecError(
             [Problem(path, Mark(1, 1), "values are nested too deeply to read; flatten the file")]
         ) from None
-    if node is None:
-        raise SpecError([Problem(path, Mark(1, 1), "the file is empty; start from an example spec")])
-    builder = _Builder(path, max_nodes, max_depth)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null"):
+        raise SpecError(
+            [Problem(path, Mark(1, 1), "the file is empty; start from an example spec")]
+        )
+    builder = _Builder(path, max_nodes, max_depth, max_chars)
     builder.doc.data = builder.build(node, (), 0)
     return builder.doc
 
@@ -258,44 +318,113 @@ def load_file(path: str | Path, display: str | None = None, **limits: int) -> Do
         max_bytes = limits.get("max_bytes", MAX_BYTES)
         if size > max_bytes:
             raise SpecError(
-                [Problem(shown, Mark(1, 1), f"the file is {size} bytes, over the {max_bytes}-byte "
-                         "limit for a spec file; split it into smaller files")]
+                [
+                    Problem(
+                        shown,
+                        Mark(1, 1),
+                        f"the file is {size} bytes, over the {max_bytes}-byte "
+                        "limit for a spec file; split it into smaller files",
+                    )
+                ]
             )
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise SpecError([Problem(shown, Mark(1, 1), f"cannot read the file: {exc.strerror}")]) from None
+        raise SpecError(
+            [Problem(shown, Mark(1, 1), f"cannot read the file: {exc.strerror}")]
+        ) from None
     return load_text(raw, shown, **limits)
 
 
+_TAB_HINT = "a tab character is used for indentation; YAML needs spaces: replace the tab"
 _HINTS = {
-    "found character '\\t' that cannot start any token": (
-        "a tab character is used for indentation; YAML needs spaces"
-    ),
+    "found a tab character that violates indentation": _TAB_HINT,
+    "found a tab character where an indentation space is expected": _TAB_HINT,
+    "found character '\\t' that cannot start any token": _TAB_HINT,
     "mapping values are not allowed here": (
+        "a ':' appears where YAML did not expect one; check the indentation, "
+        "or put text containing ': ' in quotes"
+    ),
+    "mapping values are not allowed in this context": (
         "a ':' appears where YAML did not expect one; check the indentation, "
         "or put text containing ': ' in quotes"
     ),
     "expected <block end>, but found '<block mapping start>'": (
         "the indentation is inconsistent; line up keys of the same map"
     ),
+    "did not find expected key": "the indentation is inconsistent; line up keys of the same map",
+    "did not find expected '-' indicator": (
+        "the indentation is inconsistent; line up the keys of a map and the items of a list"
+    ),
+    "expected ',' or ']'": (
+        "a '[' list is not closed with ']' on the same line, or a ',' is missing between items"
+    ),
+    "expected ',' or '}'": (
+        "a '{' map is not closed with '}' on the same line, or a ',' is missing between entries"
+    ),
     "found undefined alias": "an alias (*name) refers to an anchor (&name) that is not defined",
     "expected a single document in the stream": (
         "the file holds more than one YAML document ('---'); keep one per file"
     ),
+    "but found another document": (
+        "the file holds more than one YAML document ('---'); keep one per file"
+    ),
+    "exceeded maximum nesting depth": "values are nested too deeply; flatten the file",
+    "found unexpected end of stream": "a quote or bracket is opened but never closed",
 }
 
 
-def _syntax_problem(path: str, exc: yaml.MarkedYAMLError) -> Problem:
+def _syntax_problem(path: str, exc: yaml.MarkedYAMLError, text: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
     problem = exc.problem or "unreadable YAML"
-    hint = _HINTS.get(problem)
-    if hint is None:
-        close = difflib.get_close_matches(problem, _HINTS, n=1, cutoff=0.8)
-        hint = _HINTS[close[0]] if close else None
-    text = f"this is not valid YAML: {problem}"
+    if (exc.context or "").startswith("found duplicate anchor") and exc.context_mark:
+        # The parser's words ("second occurrence") read backwards: say it plainly.
+        lines = text.split("\n")
+        row = lines[where.line - 1] if where.line <= len(lines) else ""
+        name = re.match(r"&[^\s,\[\]{}]+", row[where.col - 1 :])
+        anchor = short(name.group(0)) if name else "an anchor"
+        return Problem(
+            path,
+            where,
+            f"the anchor {anchor} is defined twice (first at line {exc.context_mark.line + 1}, "
+            f"again at line {where.line}); rename one",
+        )
+    hint = _HINTS.get(problem) or next((h for p, h in _HINTS.items() if p in problem), None)
+    if hint is None and mark and _tab_near(text, mark.line, mark.column):
+        hint = _TAB_HINT  # the C parser doesn't name the tab; the text shows it
+    if hint is _TAB_HINT:  # the parser's own words add nothing here
+        return Problem(path, where, f"this is not valid YAML: {hint}")
+    message = f"this is not valid YAML: {short(problem, 200)}"
     if exc.context:
-        text += f" ({exc.context})"
+        message += f" ({short(exc.context, 200)})"
     if hint:
-        text += f"; {hint}"
-    return Problem(path, where, text)
+        message += f"; {hint}"
+    return Problem(path, where, message)
+
+
+def _tab_near(text: str, line: int, column: int) -> bool:
+    """Is there a tab at the error, or in the indentation of its line?"""
+    lines = text.split("\n")
+    if not 0 <= line < len(lines):
+        return False
+    row = lines[line]
+    indent = row[: len(row) - len(row.lstrip(" \t"))]
+    return "\t" in indent or row[column : column + 1] == "\t"
+
+
+def _reader_problem(path: str, exc: yaml.reader.ReaderError, text: str) -> Problem:
+    # The C reader reports a byte offset, the Python one a character offset: find the
+    # character itself instead.
+    char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+    index = text.find(char)
+    where = Mark(1, 1)
+    if index >= 0:
+        line = text.count("\n", 0, index)
+        where = Mark(line + 1, index - (text.rfind("\n", 0, index) + 1) + 1)
+    code = ord(char[0]) if char else 0
+    return Problem(
+        path,
+        where,
+        f"the file contains the control character U+{code:04X}, which YAML does not allow; "
+        "delete it (it is often invisible: retype the line)",
+    )

@@ -1,0 +1,479 @@
+"""The ``shardspec`` command: check, list, explain, fill and start spec files.
+
+Nothing here imports torch or torch_xla: every answer comes from the schema, the
+expression parser and the oracle (DTensor's rules in pure Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .expand import Variant, expand
+from .problems import Mark, Problem
+from .report import table
+from .spec import Case, SpecFile, read
+
+DEFAULT_DEVICES = (1, 2, 4, 8)
+SUFFIXES = (".yaml", ".yml")
+ENGINES = ("xla",)
+
+DESCRIPTION = """\
+shardspec checks and explains sharding spec files: the YAML files in specs/ that
+describe how a tensor (or a small model) is split over devices. None of these
+commands needs a device or torch; to run the cases on XLA, use ./run specs.
+"""
+
+EXAMPLES = """\
+examples:
+  shardspec validate                      check every spec file in specs/
+  shardspec validate specs/mine.yaml      check one file
+  shardspec list                          which cases run at which device count
+  shardspec explain specs/distribute_tensor.yaml::shard_1d --devices 4
+                                          show which device holds which piece
+  shardspec fill specs/mine.yaml          write the expected shapes into cases that lack them
+  shardspec new mine                      start specs/mine.yaml from a commented example
+
+Run `shardspec COMMAND --help` for the details of one command.
+"""
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: printed plainly, exit status 2."""
+
+
+# --- shared helpers -----------------------------------------------------------------
+
+
+def device_list(text: str) -> tuple[int, ...]:
+    """``"1,2,4,8"`` -> (1, 2, 4, 8); argparse shows the message when it is wrong."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 or c > 4096 for c in counts):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a list of device counts (each from 1 to 4096); write them "
+            "separated by commas, such as 1,2,4,8"
+        )
+    return tuple(counts)
+
+
+def device_count(text: str) -> int:
+    counts = device_list(text)
+    if len(counts) != 1:
+        raise argparse.ArgumentTypeError(f"'{text}': give one device count, such as 4")
+    return counts[0]
+
+
+def spec_files(paths: list[str]) -> list[tuple[Path, str]]:
+    """The files to read, with the name to show: folders are searched for *.yaml / *.yml
+    (except in hidden folders such as .git or .venv)."""
+    found: dict[Path, str] = {}
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            inside = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not inside:
+                raise UsageError(f"the folder {arg} holds no spec files (*.yaml or *.yml)")
+            for p in inside:
+                found.setdefault(p.resolve(), str(p))
+        elif path.is_file():
+            found.setdefault(path.resolve(), str(path))
+        else:
+            hint = " (run shardspec from the folder that holds specs/)" if arg == "specs" else ""
+            raise UsageError(f"no such file or folder: {arg}{hint}")
+    return [(p, shown) for p, shown in found.items()]
+
+
+def variants_of(case: Case, n: int) -> list[Variant]:
+    """``expand`` for the xla engine, never raising (a crash becomes a located problem)."""
+    try:
+        return expand(case, "xla", n)
+    except Exception as exc:  # a bug in shardspec must not hide the other files' problems
+        variant = Variant(case, "xla", n, None)
+        variant.problems = [
+            case.problem(
+                (),
+                f"shardspec could not expand this case ({type(exc).__name__}: {exc}); "
+                "please report it",
+            )
+        ]
+        return [variant]
+
+
+def word(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
+def counts_text(counts: tuple[int, ...] | list[int]) -> str:
+    return ", ".join(map(str, counts))
+
+
+# --- validate -----------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """A problem, and the device counts at which it showed (empty: at every count)."""
+
+    problem: Problem
+    devices: list[int] = field(default_factory=list)
+    fine: list[int] = field(default_factory=list)  # counts at which the case is fine
+
+    def text(self) -> str:
+        if not self.fine:
+            return str(self.problem)
+        return (
+            f"{self.problem} (at n={counts_text(self.devices)}; fine at n={counts_text(self.fine)})"
+        )
+
+    def as_json(self) -> dict:
+        return {**self.problem.as_json(), "devices": self.devices or None}
+
+
+def problems_of(spec: SpecFile, counts: tuple[int, ...]) -> list[Found]:
+    """Every problem of a file that needs no device, one per place in the file."""
+    out = [Found(p) for p in spec.problems]
+    for case in spec.cases:
+        if case.problems:
+            out.extend(Found(p) for p in case.problems)
+            continue
+        at: dict[tuple[str, Mark], Found] = {}  # one per place: the first n's message
+        fine = []
+        for n in counts:
+            variants = variants_of(case, n)
+            if not any(v.problems or v.skip for v in variants):
+                fine.append(n)
+            for problem in (p for v in variants for p in v.problems):
+                found = at.setdefault((problem.path, problem.mark), Found(problem, fine=fine))
+                if n not in found.devices:
+                    found.devices.append(n)
+        out.extend(at.values())
+    unique: dict[tuple, Found] = {}
+    for found in out:
+        unique.setdefault((found.problem.mark, found.problem.message), found)
+    return sorted(unique.values(), key=lambda f: f.problem.mark)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    files = spec_files(args.paths)
+    counts: tuple[int, ...] = args.devices
+    found: list[Found] = []
+    cases = 0
+    bad_files = 0
+    for path, shown in files:
+        spec = read(path, shown)
+        cases += len(spec.cases)
+        mine = problems_of(spec, counts)
+        bad_files += bool(mine)
+        found.extend(mine)
+    if args.format == "json":
+        document = {
+            "devices": list(counts),
+            "counts": {
+                "files": len(files),
+                "cases": cases,
+                "problems": len(found),
+                "files_with_problems": bad_files,
+            },
+            "problems": [f.as_json() for f in found],
+        }
+        print(json.dumps(document, indent=2))
+        return 1 if found else 0
+    for f in found:
+        print(f.text())
+    checked = (
+        f"{word(len(files), 'file')}, {word(cases, 'case')}, checked at n={counts_text(counts)}"
+    )
+    if found:
+        print(f"{checked}: {word(len(found), 'problem')} in {word(bad_files, 'file')}")
+        return 1
+    print(f"{checked}: no problems")
+    return 0
+
+
+# --- list ---------------------------------------------------------------------------
+
+
+def status(case: Case, variants: list[Variant]) -> tuple[str, str]:
+    """The short cell text for one case at one n, and its kind (run, skip, xfail or error)."""
+    first = variants[0]
+    if first.skip:
+        reason = re.sub(r"^requires (.*), but this run has n=\d+$", r"\1", first.skip)
+        return f"skip ({reason})", "skip"
+    if isinstance(case.data.get("skip"), str):
+        return f"skip ({_short(case.data['skip'], 30)})", "skip"
+    problems = [p for v in variants for p in v.problems]
+    if problems:
+        return f"error (line {problems[0].mark.line})", "error"
+    kind = "xfail" if isinstance(case.data.get("xfail"), dict) else "run"
+    return (kind if len(variants) == 1 else f"{kind} x{len(variants)}"), kind
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    counts: tuple[int, ...] = args.devices
+    tally: dict[str, int] = {"run": 0, "xfail": 0, "skip": 0, "error": 0}
+    files = spec_files(args.paths)
+    cases = 0
+    for path, shown in files:
+        spec = read(path, shown)
+        print(shown)
+        for problem in spec.problems:
+            print(f"  {problem}")
+        if not spec.cases:
+            print("  (no cases)")
+            continue
+        rows = [["case", "engine", *(f"n={n}" for n in counts)]]
+        for case in spec.cases:
+            cases += 1
+            for engine in ENGINES:
+                row = [case.id, engine]
+                for n in counts:
+                    variants = variants_of(case, n)
+                    cell, kind = status(case, variants)
+                    tally[kind] += len(variants)
+                    row.append(cell)
+                rows.append(row)
+        print("\n".join(table(rows)))
+    summary = ", ".join(f"{count} {kind}" for kind, count in tally.items())
+    print(
+        f"{word(cases, 'case')} in {word(len(files), 'file')} at n={counts_text(counts)}; tests: {summary}"
+    )
+    return 0
+
+
+# --- explain ------------------------------------------------------------------------
+
+
+def find_case(target: str) -> tuple[SpecFile, Case, int | None]:
+    """``FILE::ID`` (a pytest id like ``FILE::ID[xla-n4-grad]`` works too)."""
+    file, sep, rest = target.partition("::")
+    if not Path(file).is_file():
+        raise UsageError(
+            f"no such spec file: {file} (write FILE::ID, such as specs/distribute_tensor.yaml::shard_1d)"
+        )
+    spec = read(file, file)
+    ids = [c.id for c in spec.cases]
+    listing = f"\nthe cases in {file} are: {', '.join(ids)}" if ids else f"\n{file} has no cases"
+    if not sep or not rest:
+        raise UsageError(f"name a case after the file, as in {file}::ID{listing}")
+    case_id, _, bracket = rest.partition("[")
+    n_in_id = re.search(r"\bn(\d+)\b", bracket)
+    case = next((c for c in spec.cases if c.id == case_id), None)
+    if case is None:
+        from .schema import did_you_mean
+
+        raise UsageError(f"no case '{case_id}' in {file}{did_you_mean(case_id, ids)}{listing}")
+    return spec, case, int(n_in_id.group(1)) if n_in_id else None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    spec, case, n_in_id = find_case(args.target)
+    n = args.devices or n_in_id or 4
+    text, ok = explain(spec, case, variants_of(case, n))
+    print(text)
+    return 0 if ok else 1
+
+
+# --- fill and new -------------------------------------------------------------------
+
+
+def cmd_fill(args: argparse.Namespace) -> int:
+    from .fill import fill_file
+
+    files = spec_files(args.paths)
+    changed_cases = changed_files = errors = 0
+    for path, shown in files:
+        result = fill_file(path, shown, args.devices, write=not args.check)
+        for line in result.lines:
+            print(line)
+        errors += result.errors
+        changed_cases += result.changed
+        changed_files += bool(result.changed)
+    done = "would change" if args.check else "changed"
+    print(
+        f"{word(len(files), 'file')} at n={counts_text(args.devices)}: {word(changed_cases, 'case')} "
+        f"{done} in {word(changed_files, 'file')}"
+        + (
+            f"; {word(errors, 'file or case', 'files or cases')} not filled: see above"
+            if errors
+            else ""
+        )
+    )
+    if args.check and changed_cases:
+        print("run `shardspec fill` (without --check) to write them")
+        return 1
+    return 1 if errors else 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from .scaffold import create
+
+    try:
+        path = create(args.name, Path(args.folder))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {path}")
+    print(
+        f"next: edit it, then run `shardspec validate {path}`, `shardspec explain {path}::split_rows`"
+    )
+    print(f"and run its cases on XLA with `.venv/bin/python -m pytest {path}`")
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="shardspec",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"shardspec {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def paths(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "paths",
+            nargs="*",
+            default=["specs"],
+            metavar="PATH",
+            help="spec files, or folders to search for *.yaml files (default: specs)",
+        )
+
+    def devices(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument(
+            "--devices",
+            type=device_list,
+            default=DEFAULT_DEVICES,
+            metavar="1,2,4,8",
+            help=f"{what} (default: {counts_text(DEFAULT_DEVICES)})",
+        )
+
+    p = command(
+        "validate",
+        "check spec files for mistakes (no device needed)",
+        "Check spec files for every mistake that can be found without a device: the\n"
+        "file's layout and field names, case ids, sizes written with n, the mesh and\n"
+        "placements, and declared shapes against DTensor's rules. Each problem is\n"
+        "printed as FILE:LINE:COLUMN: message. Exit status 0 means no problems, 1 problems.",
+    )
+    paths(p)
+    devices(p, "device counts to check every case at, comma-separated")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): one line per problem; json: one JSON document",
+    )
+    p.set_defaults(run=cmd_validate)
+
+    p = command(
+        "list",
+        "show which cases run, skip or have errors at each device count",
+        "A table per spec file: each case, the engine, and at each device count whether\n"
+        "it runs (xN: N tests, one per requires_grad value), is expected to fail (xfail),\n"
+        "is skipped (with the reason) or has an error (`shardspec validate` says which).",
+    )
+    paths(p)
+    devices(p, "device counts to show, comma-separated")
+    p.set_defaults(run=cmd_list)
+
+    p = command(
+        "explain",
+        "show which device holds which piece of a case's tensor",
+        "Show DTensor's layout for one case at one device count: the mesh, each device's\n"
+        "place in the mesh, the shape of its piece and where the piece starts, and for\n"
+        "1-D and 2-D tensors a picture of which device holds which block. For a module\n"
+        "case, the placements each parameter gets from the shard rules.",
+    )
+    p.add_argument(
+        "target",
+        metavar="FILE::ID",
+        help="the spec file and the case id, such as specs/distribute_tensor.yaml::shard_1d",
+    )
+    p.add_argument(
+        "--devices",
+        type=device_count,
+        default=None,
+        metavar="N",
+        help="the device count (default: 4, or the n in a test id such as ...[xla-n8-grad])",
+    )
+    p.set_defaults(run=cmd_explain)
+
+    p = command(
+        "fill",
+        "write the expected shapes into cases that lack them",
+        "For each tensor case without expect.global_shape or expect.local_shape, write\n"
+        "them as DTensor's rules give them; the rest of the file is left as it is\n"
+        "(comments, order, layout). global_shape copies input.shape as written (n and\n"
+        "all); local_shape is written only where it can hold at every device count the\n"
+        "case runs at. Cases expecting an error, module cases and cases that already\n"
+        "declare both are left alone.",
+    )
+    paths(p)
+    devices(p, "device counts the written shapes must hold at, comma-separated")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit with status 1 if a file would change, naming the cases",
+    )
+    p.set_defaults(run=cmd_fill)
+
+    p = command(
+        "new",
+        "start a new spec file from a commented example",
+        "Write specs/NAME.yaml: a commented example with one tensor case and one module\n"
+        "case, ready to validate and run. An existing file is never overwritten.",
+    )
+    p.add_argument("name", metavar="NAME", help="the new file's name, such as my_cases")
+    p.add_argument("--folder", default="specs", help="the folder to write it in (default: specs)")
+    p.set_defaults(run=cmd_new)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 fine, 1 problems, 2 usage)."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"shardspec {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `shardspec list | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
