@@ -288,6 +288,8 @@ class CaseItem(SpecItem):
         self.variant = variant
         self.file_problems = file_problems
         data = variant.case.data
+        if variant.problems or file_problems:
+            return  # a broken case fails: no skip, xfail or mark may hide it
         # pytest folds skip marks per file in -rs, so the reason names the case.
         if variant.skip:
             self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {variant.skip}"))

@@ -21,7 +21,10 @@ _SOURCE = Path(__file__).resolve().parent.parent / "schema" / "spec.schema.json"
 
 def schema_path() -> Path:
     """The schema file: the checkout's (the one source) or the installed package's copy."""
-    return _SOURCE if _SOURCE.is_file() else _PACKAGED
+    # In a checkout (pyproject.toml beside schema/) the source file wins, so edits show at
+    # once; installed, only the package's own copy counts, never a stray site-packages/schema.
+    in_checkout = (_SOURCE.parent.parent / "pyproject.toml").is_file()
+    return _SOURCE if in_checkout and _SOURCE.is_file() else _PACKAGED
 
 
 @functools.cache

@@ -141,11 +141,11 @@ class _Builder:
         if tag == _TAG + "null":
             return None
         if tag == _TAG + "bool":
-            if text.lower() in _BOOL_WORDS:
-                return _BOOL_WORDS[text.lower()]
+            if text in _BOOL_WORDS:  # only the lowercase words: True, TRUE, yes, on... are not
+                return _BOOL_WORDS[text]
             raise self.fail(
                 node,
-                f"'{text}' is not a boolean here: write true or false "
+                f"'{text}' is not a boolean here: write true or false in lowercase "
                 f'(or put it in quotes, "{text}", if you meant the word)',
             )
         if tag == _TAG + "int":

@@ -159,55 +159,21 @@ def test_edits_of_a_valid_spec_text(data: st.DataObject):
 
 # --- structure-aware mutations --------------------------------------------------------------------
 
+
+def words(text: str) -> list[str]:
+    """A compact list: the whitespace-separated items of ``text``."""
+    return text.split()
+
+
 WORDS = st.sampled_from(
     [
-        "n",
-        "n/2",
-        "3*n/2",
-        "n-1",
-        "n-8",
-        "2*n+1",
-        "n/0",
-        "0",
-        "-1",
-        "n**2",
-        "(n",
-        "Shard(0)",
-        "Shard(1)",
-        "Shard(-1)",
-        "Shard(7)",
-        "Replicate()",
-        "Partial()",
-        "Linear(8, 4)",
-        "Linear(n/2, 4)",
-        "Conv2d(1)",
-        "ReLU()",
-        "float32",
-        "int64",
-        "bool",
-        "float16",
-        "module",
-        "tensor",
-        "yes",
+        *words("""n n/2 3*n/2 n-1 n-8 2*n+1 n/0 n//3 n%3+1 0 -1 n**2 ( (n Shard(0) Shard(1) Shard(-1)
+        Shard(7) Shard(-3) Replicate() Partial() Linear(8,4) Linear(n/2,4) Linear(64,1,bias=false)
+        Conv2d(1) ReLU() GELU() LayerNorm(64) Embedding(n,4) float32 float16 bfloat16 int64 bool
+        module tensor yes * fc* fc1.weight fc2.bias {replicated} {devices=[4,1]0,1,2,3} ValueError
+        2001-01-01"""),
         "",
-        "*",
-        "fc*",
-        "{replicated}",
-        "ValueError",
-        "(",
-        "2001-01-01",
-        "n//3",
-        "n%3+1",
-        "-1",
-        "LayerNorm(64)",
-        "Embedding(n, 4)",
-        "Linear(64, 1, bias=false)",
-        "fc1.weight",
-        "fc2.bias",
-        "GELU()",
-        "Shard(-3)",
-        "bfloat16",
-        "{devices=[4,1]0,1,2,3}",
+        "Linear(8, 4)",
     ]
 )
 LEAVES = st.one_of(
@@ -228,51 +194,11 @@ VALUES = st.recursive(
 )
 KEYS = st.one_of(
     st.sampled_from(
-        [
-            "id",
-            "mesh",
-            "mesch",
-            "placements",
-            "input",
-            "shape",
-            "dtype",
-            "requires_grad",
-            "expect",
-            "local_shape",
-            "local_shapes",
-            "global_shape",
-            "padded_local_shape",
-            "sharding_spec",
-            "requires",
-            "min_devices",
-            "max_devices",
-            "devices_divisible_by",
-            "kind",
-            "module",
-            "shard",
-            "params",
-            "forward",
-            "input_shape",
-            "atol",
-            "error",
-            "type",
-            "match",
-            "xfail",
-            "reason",
-            "strict",
-            "skip",
-            "marks",
-            "timeout",
-            "checks",
-            "values",
-            "defaults",
-            "cases",
-            "version",
-            "description",
-            "1",
-            "4",
-            "<<",
-        ]
+        words("""id mesh mesch placements input shape dtype requires_grad expect local_shape local_shapes
+        global_shape padded_local_shape sharding_spec requires min_devices max_devices
+        devices_divisible_by kind module shard params forward input_shape atol error type match
+        xfail reason strict skip marks timeout checks values defaults cases version description
+        1 4 <<""")
     ),
     st.text(max_size=10),
 )
@@ -303,20 +229,7 @@ def mutate(root: Any, data: st.DataObject) -> Any:
     parent, last = parent_of(root, path), path[-1]
     value = parent[last]
     how = data.draw(
-        st.sampled_from(
-            [
-                "tweak",
-                "tweak",
-                "replace",
-                "delete",
-                "rename",
-                "insert",
-                "wrap",
-                "unwrap",
-                "repeat",
-                "text",
-            ]
-        )
+        st.sampled_from(words("tweak tweak replace delete rename insert wrap unwrap repeat text"))
     )
     if how == "tweak":  # a value of the same kind: mostly still valid, so expand sees it
         if isinstance(value, str):

@@ -62,7 +62,16 @@ def test_yaml11_booleans_are_errors_with_a_hint(loader, word):
 
 
 def test_true_and_false_are_booleans(loader):
-    assert load_text("a: [true, false, True, FALSE]\n").data == {"a": [True, False, True, False]}
+    assert load_text("a: [true, false]\n").data == {"a": [True, False]}
+
+
+@pytest.mark.parametrize("word", ["True", "FALSE", "Yes", "off"])
+def test_only_lowercase_true_false_are_booleans(loader, word):
+    with pytest.raises(SpecError) as info:
+        load_text(f"a: {word}\n", "f.yaml")
+    assert str(info.value).startswith(
+        f"f.yaml:1:4: '{word}' is not a boolean here: write true or false"
+    )
 
 
 def test_timestamps_stay_strings(loader):
