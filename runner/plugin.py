@@ -146,8 +146,10 @@ class Run:
         missing = self.missing()
         for nodeid in missing:
             per_file[self.items[nodeid]]["with no outcome"] += 1
+        # Files whose tests were all deselected (-k, -m, --lf) are left out.
+        selected = set(self.items.values()) | set(per_file)
         tr.section("shardspec: cases per spec file", sep="-")
-        for file in sorted(cases):
+        for file in sorted(f for f in cases if f in selected):
             counts = ", ".join(f"{count} {name}" for name, count in sorted(per_file[file].items()))
             found = len(cases[file] - {FILE_ITEM})
             tr.line(f"{file}: {found} case(s) found; tests: {counts or 'none run'}")
