@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .expand import Variant, expand
+from .expand import Variant, expand, parse_device_counts
 from .problems import Mark, Problem
 from .report import table
 from .spec import Case, SpecFile, read
@@ -52,17 +52,11 @@ class UsageError(Exception):
 
 
 def device_list(text: str) -> tuple[int, ...]:
-    """``"1,2,4,8"`` -> (1, 2, 4, 8); argparse shows the message when it is wrong."""
+    """``"1,2,4,8"`` -> (1, 2, 4, 8), sorted; argparse shows the message when it is wrong."""
     try:
-        counts = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        counts = []
-    if not counts or any(c < 1 or c > 4096 for c in counts):
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a list of device counts (each from 1 to 4096); write them "
-            "separated by commas, such as 1,2,4,8"
-        )
-    return tuple(counts)
+        return tuple(sorted(parse_device_counts(text)))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def device_count(text: str) -> int:

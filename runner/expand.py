@@ -24,8 +24,23 @@ from .spec import Case
 from .yamlload import JsonPath, short
 
 DEFAULT_MAX_ELEMENTS = 1 << 26
+MAX_DEVICES = 4096
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
 CHECKS = ("type", "global_shape", "shards", "values", "requires_grad", "is_leaf")
+
+
+def parse_device_counts(text: str) -> tuple[int, ...]:
+    """``"1,2,4,8"`` -> (1, 2, 4, 8), in the order given; ValueError in plain words."""
+    try:
+        counts = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 1 or c > MAX_DEVICES for c in counts):
+        raise ValueError(
+            f"'{text}' is not a list of device counts (each from 1 to {MAX_DEVICES}); "
+            "write them separated by commas, such as 1,2,4,8"
+        )
+    return counts
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from . import report
 from .check import check
 from .coverage import Matrix
 from .executor import Pool, WorkerFault
-from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand
+from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
 from .problems import Problem
 from .spec import Case, read
 
@@ -38,14 +38,9 @@ class CaseFailed(ShardspecFailure):
 
 def parse_devices(text: str) -> tuple[int, ...]:
     try:
-        counts = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
-    except ValueError:
-        counts = ()
-    if not counts or any(c < 1 or c > 4096 for c in counts):
-        raise pytest.UsageError(
-            f"--devices {text!r}: give device counts separated by commas, such as --devices 1,2,4,8"
-        )
-    return counts
+        return parse_device_counts(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--devices {exc}") from None
 
 
 class Run:

@@ -74,7 +74,7 @@ def test_bad_devices_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     write(pytester, "specs/a.yaml", GOOD)
     result = pytester.runpytest("--devices", "four")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--devices 'four': give device counts*1,2,4,8*"])
+    result.stderr.fnmatch_lines(["*--devices 'four' is not a list of device counts*1,2,4,8*"])
 
 
 def test_contradictions_with_dtensor_fail_before_running(pytester: pytest.Pytester) -> None:
