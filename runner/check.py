@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .expand import Variant
+from .oracle import ShardLayout
 from .problems import Mark
 
 
@@ -92,7 +93,9 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         )
     shards = sorted(obs["shards"], key=lambda s: s["device"])
     if on["shards"]:
-        failures.extend(_check_shards(variant, shards))
+        failures.extend(
+            _check_shards(variant.layout, shards, case.locate(("placements",)), "shards")
+        )
     if on["values"]:
         bad = [str(s["device"]) for s in shards if not s["values_equal"]]
         if bad:
@@ -136,9 +139,9 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
     return failures
 
 
-def _check_shards(variant: Variant, shards: list[dict[str, Any]]) -> list[Failure]:
-    layout = variant.layout
-    mark = variant.case.locate(("placements",))
+def _check_shards(
+    layout: list[ShardLayout], shards: list[dict[str, Any]], mark: Mark, what: str
+) -> list[Failure]:
     observed = {s["device"]: s for s in shards}
     rows, wrong = [], False
     for expected in layout:
@@ -169,7 +172,7 @@ def _check_shards(variant: Variant, shards: list[dict[str, Any]]) -> list[Failur
     note = "DTensor's rules (expected) against what XLA produced (actual)"
     if extra:
         note += f"; XLA also reported devices {extra}"
-    return [Failure("shards differ from DTensor's layout", mark, note=note, table=[header, *rows])]
+    return [Failure(f"{what} differ from DTensor's layout", mark, note=note, table=[header, *rows])]
 
 
 def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
@@ -178,6 +181,21 @@ def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         return errors
     params = obs["params"]
     failures: list[Failure] = []
+    for name, expected in variant.param_layouts.items():
+        shards = sorted(params.get(name, {}).get("shards", []), key=lambda s: s["device"])
+        mark = variant.case.locate(("shard", expected.rule, "placements"))
+        if variant.checks["shards"]:
+            failures.extend(_check_shards(expected.layout, shards, mark, f"{name}'s shards"))
+        bad = [str(s["device"]) for s in shards if not s["values_equal"]]
+        if variant.checks["values"] and bad:
+            failures.append(
+                Failure(
+                    f"{name}'s shard values",
+                    mark,
+                    "each shard equals the slice it claims",
+                    f"devices {', '.join(bad)} hold other values",
+                )
+            )
     for declared in variant.expects:
         if declared.name == "sharded_params":
             bare = [p for p in declared.value if not params.get(p, {}).get("sharding_spec")]

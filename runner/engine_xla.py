@@ -26,6 +26,7 @@ from torch.distributed.tensor import (
     distribute_module,
     distribute_tensor,
 )
+from torch_xla.distributed.spmd import XLAShardedTensor
 
 DTYPES = {
     "float32": torch.float32,
@@ -110,6 +111,30 @@ def _slices(indices: Any, shape: list[int]) -> tuple[list[int], list[int]]:
     return offset, extent
 
 
+def _observe_shards(shards: list, source: torch.Tensor) -> list[dict[str, Any]]:
+    """Each shard's device, unpadded and padded shape, offset, and whether its values
+    equal the slice of ``source`` it claims."""
+    out = []
+    for shard in shards:
+        offset, extent = _slices(shard.indices, list(source.shape))
+        data = shard.unpadded_data.detach().cpu()
+        key = Ellipsis if shard.indices is Ellipsis else tuple(shard.indices)
+        expected = source[key]
+        same = tuple(data.shape) == tuple(expected.shape) and bool(torch.equal(data, expected))
+        out.append(
+            {
+                "device": _device_index(shard.shard_device),
+                "shape": list(data.shape),
+                "padded_shape": list(shard.data.shape),
+                "offset": offset,
+                "extent": extent,
+                "replica_id": shard.replica_id,
+                "values_equal": same,
+            }
+        )
+    return out
+
+
 def run_tensor(req: dict[str, Any]) -> dict[str, Any]:
     x = make_input(req["shape"], req["dtype"], req["seed"])
     if req["requires_grad"]:
@@ -123,27 +148,7 @@ def run_tensor(req: dict[str, Any]) -> dict[str, Any]:
         return {"error": _error(exc)}
     elapsed = time.perf_counter() - began
     glob = getattr(dist, "global_tensor", dist)
-    source = x.detach()
-    shards = []
-    for shard in getattr(dist, "local_shards", []):
-        offset, extent = _slices(shard.indices, req["shape"])
-        data = shard.unpadded_data.detach().cpu()
-        key = Ellipsis if shard.indices is Ellipsis else tuple(shard.indices)
-        expected = source[key]
-        values_equal = tuple(data.shape) == tuple(expected.shape) and bool(
-            torch.equal(data, expected)
-        )
-        shards.append(
-            {
-                "device": _device_index(shard.shard_device),
-                "shape": list(data.shape),
-                "padded_shape": list(shard.data.shape),
-                "offset": offset,
-                "extent": extent,
-                "replica_id": shard.replica_id,
-                "values_equal": values_equal,
-            }
-        )
+    shards = _observe_shards(getattr(dist, "local_shards", []), x.detach())
     return {
         "type": type(dist).__name__,
         "global_shape": list(glob.shape),
@@ -185,14 +190,18 @@ def run_module(req: dict[str, Any]) -> dict[str, Any]:
         sharded = distribute_module(model, mesh, partition)
     except Exception as exc:
         return {"error": _error(exc)}
-    params = {
-        name: {
+    originals = dict(reference.named_parameters())
+    params = {}
+    for name, param in sharded.named_parameters():
+        params[name] = {
             "sharding_spec": torch_xla._XLAC._get_xla_sharding_spec(param),
             "shape": list(param.shape),
             "device": str(param.device),
         }
-        for name, param in sharded.named_parameters()
-    }
+        if any(fnmatch.fnmatchcase(name, r["params"]) for r in rules):
+            # The parameter was annotated in place; a wrapper shows its shards.
+            shards = XLAShardedTensor(param.detach()).local_shards
+            params[name]["shards"] = _observe_shards(shards, originals[name].detach())
     out: dict[str, Any] = {"type": type(sharded).__name__, "params": params}
     forward = req.get("forward")
     if forward:

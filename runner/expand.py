@@ -52,6 +52,15 @@ class Expect:
     mark: Mark
 
 
+@dataclass(frozen=True)
+class ParamLayout:
+    """A module parameter's shard rule (by index), its placements and DTensor's layout."""
+
+    rule: int
+    placements: tuple[Placement, ...]
+    layout: list[oracle.ShardLayout]
+
+
 @dataclass
 class Variant:
     """A case at one engine, device count and grad flag: what one pytest item runs."""
@@ -66,6 +75,7 @@ class Variant:
     expects: list[Expect] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     layout: list[oracle.ShardLayout] = field(default_factory=list)
+    param_layouts: dict[str, ParamLayout] = field(default_factory=dict)
     description: dict[str, Any] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)
 
@@ -501,12 +511,15 @@ class _Builder:
             if index is None:
                 continue
             # Checked against the parameter's real rank: XLA fails obscurely otherwise.
-            self.placements(
+            places = self.placements(
                 data["shard"][index]["placements"],
                 ("shard", index, "placements"),
                 mesh,
                 len(shape),
                 what=f"parameter {param} {list(shape)}",
+            )
+            self.v.param_layouts[param] = ParamLayout(
+                index, places, oracle.layout(shape, mesh, places)
             )
         self.v.description.update(mesh=list(mesh), module={n: str(layer) for n, layer in layers})
         seed_key = f"{PurePath(self.case.doc.path).name}::{self.case.id}"

@@ -58,6 +58,12 @@ cases:
     module: {fc1: Linear(8, 4)}
     shard:
       - {params: "fc2.*", placements: [Shard(0)]}
+  - id: param_divergence
+    kind: module
+    mesh: [n, 1]
+    module: {fc1: Linear(8, 4)}
+    shard:
+      - {params: "fc1.weight", placements: [Shard(0), Shard(0)]}
   - id: bias_dim_out_of_range
     kind: module
     mesh: [n]
@@ -71,7 +77,7 @@ def test_module_cases(pytester: pytest.Pytester) -> None:
     (pytester.path / "specs").mkdir()
     (pytester.path / "specs" / "modules.yaml").write_text(textwrap.dedent(MODULES).lstrip())
     result = pytester.runpytest("--devices", "2")
-    result.assert_outcomes(passed=2, failed=4)
+    result.assert_outcomes(passed=2, failed=5)
     out = result.stdout.str()
     assert (
         "specs/modules.yaml:30:23: expect.sharded_params\n"
@@ -86,5 +92,7 @@ def test_module_cases(pytester: pytest.Pytester) -> None:
         "specs/modules.yaml:51:18: shard rule 'fc2.*' matches no parameter of this module "
         "(a typo?); its parameters are: fc1.weight, fc1.bias"
     ) in out
-    assert "specs/modules.yaml:57:36: Shard(1) is outside parameter fc1.bias [4]'s 1 dim(s)" in out
+    # torch_xla keeps only the last mesh axis (size 1 here): the parameter is not split.
+    assert "specs/modules.yaml:57:44: fc1.weight's shards differ from DTensor's layout" in out
+    assert "specs/modules.yaml:63:36: Shard(1) is outside parameter fc1.bias [4]'s 1 dim(s)" in out
     assert "Traceback" not in out
