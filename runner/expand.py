@@ -54,10 +54,9 @@ class Expect:
 
 @dataclass(frozen=True)
 class ParamLayout:
-    """A module parameter's shard rule (by index), its placements and DTensor's layout."""
+    """A module parameter's shard rule (by index) and DTensor's layout for it."""
 
     rule: int
-    placements: tuple[Placement, ...]
     layout: list[oracle.ShardLayout]
 
 
@@ -518,9 +517,7 @@ class _Builder:
                 len(shape),
                 what=f"parameter {param} {list(shape)}",
             )
-            self.v.param_layouts[param] = ParamLayout(
-                index, places, oracle.layout(shape, mesh, places)
-            )
+            self.v.param_layouts[param] = ParamLayout(index, oracle.layout(shape, mesh, places))
         self.v.description.update(mesh=list(mesh), module={n: str(layer) for n, layer in layers})
         seed_key = f"{PurePath(self.case.doc.path).name}::{self.case.id}"
         self.v.request = {
