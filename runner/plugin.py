@@ -7,6 +7,7 @@ and judge the plain observations that come back (runner.check).
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ DEFAULT_DEVICES = (4,)
 DEFAULT_TIMEOUT = 120.0
 SUFFIXES = {".yaml", ".yml"}
 FILE_ITEM = "file"
+_ITEM_NAME = re.compile(r"^(?P<id>[^\[]+)\[(?P<engine>[a-z]+)-n(?P<n>[0-9]+)(-(no)?grad)?\]$")
 
 
 class ShardspecFailure(Exception):
@@ -114,11 +116,35 @@ class Run:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if exitstatus == pytest.ExitCode.OK and self.missing():
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if self.report_path is not None:
+        if self.report_path is not None and not hasattr(self.config, "workerinput"):
+            # Under xdist the controller collected nothing: rebuild the variants (cheap,
+            # no torch) from the node ids of the reports it received.
+            variants = self.variants or self._variants_of(self.outcomes)
             matrix = Matrix()
-            for nodeid, variant in self.variants.items():
+            for nodeid, variant in variants.items():
                 matrix.add(variant, self.outcomes.get(nodeid, "not run"))
             matrix.write(self.report_path)
+
+    def _variants_of(self, nodeids) -> dict[str, Variant]:
+        found: dict[str, Variant] = {}
+        specs: dict[str, list[Case]] = {}
+        for nodeid in nodeids:
+            file, _, name = nodeid.partition("::")
+            if Path(file).suffix not in SUFFIXES or "[" not in name:
+                continue
+            if file not in specs:
+                path = self.config.rootpath / file
+                specs[file] = read(path, file).cases if path.is_file() else []
+            match = _ITEM_NAME.match(name)
+            if not match:
+                continue
+            case_id, engine, n = match["id"], match["engine"], int(match["n"])
+            for case in specs[file]:
+                if case.id == case_id:
+                    for variant in _expand(case, engine, n, self.max_elements):
+                        if f"{case_id}[{variant.name}]" == name:
+                            found[nodeid] = variant
+        return found
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         cases = self.cases

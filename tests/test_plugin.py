@@ -261,8 +261,12 @@ def test_coverage_report_in_markdown_and_html(pytester: pytest.Pytester) -> None
 def test_runs_under_xdist_with_the_ledger_on_the_controller(pytester: pytest.Pytester) -> None:
     write(pytester, "specs/a.yaml", GOOD)
     shutil.copy(SEED, pytester.path / "specs" / "seed.yaml")
-    result = pytester.runpytest("-n", "2", "--devices", "2")
-    result.assert_outcomes(passed=7)
+    shutil.copy(SEED.with_name("distribute_module.yaml"), pytester.path / "specs" / "module.yaml")
+    result = pytester.runpytest("-n", "2", "--devices", "2", "--shardspec-report", "cov.md")
+    result.assert_outcomes(passed=8)
+    report = (pytester.path / "cov.md").read_text()
+    assert "| Shard(0) | 1 | even | float32 | pass 3 |" in report  # rows + shard_1d x 2
+    assert "| module | 1 | - | float32 | pass 1 |" in report
     assert_lines(
         result,
         "specs/a.yaml: 1 case(s) found; tests: 1 passed",
