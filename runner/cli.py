@@ -18,11 +18,9 @@ from . import __version__
 from .expand import Variant, expand, parse_device_counts
 from .problems import Mark, Problem
 from .report import table
-from .spec import Case, SpecFile, read
+from .spec import ENGINES, SUFFIXES, Case, SpecFile, read
 
 DEFAULT_DEVICES = (1, 2, 4, 8)
-SUFFIXES = (".yaml", ".yml")
-ENGINES = ("xla",)
 
 DESCRIPTION = """\
 shardspec checks and explains sharding spec files: the YAML files in specs/ that

@@ -20,12 +20,10 @@ from .coverage import Matrix
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
 from .problems import Problem
-from .spec import Case, read
+from .spec import ENGINES, SUFFIXES, Case, read
 
-ENGINES = ("xla",)
 DEFAULT_DEVICES = (4,)
 DEFAULT_TIMEOUT = 120.0
-SUFFIXES = {".yaml", ".yml"}
 FILE_ITEM = "file"
 _ITEM_NAME = re.compile(r"^(?P<id>[^\[]+)\[(?P<engine>[a-z]+)-n(?P<n>[0-9]+)(-(no)?grad)?\]$")
 
