@@ -11,6 +11,9 @@ from . import schema
 from .problems import Mark, Problem, SpecError
 from .yamlload import Document, JsonPath, load_file, short
 
+SUFFIXES = (".yaml", ".yml")  # what a spec file's name ends in
+ENGINES = ("xla",)  # engines every case runs on
+
 
 @dataclass
 class Case:
