@@ -1,4 +1,10 @@
-"""The checker: judges an engine's observation against the spec and the oracle."""
+"""The checker: judges an engine's observation against the spec and the oracle.
+
+Every failure names its check (DESIGN.md settled point 14): a default check such as
+``shards`` or ``sharding_spec``, ``expect.KEY`` for a declared expectation, or
+``step_error`` for a call that raised when no error was expected. ``xfail.checks``
+names these.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from typing import Any
 from .expand import Variant
 from .oracle import ShardLayout
 from .problems import Mark
+from .protocol import ErrorInfo, ModuleObservation, Observation, TensorObservation
 
 
 @dataclass
 class Failure:
     """One expectation that did not hold, with where it was written."""
 
+    check: str  # the check's name, as xfail.checks and checks: name it
     title: str
     mark: Mark
     expected: Any = None
@@ -23,17 +31,22 @@ class Failure:
     table: list[list[str]] = field(default_factory=list)
 
 
-def check(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
+def check(variant: Variant, obs: Observation) -> list[Failure]:
     if variant.case.kind == "module":
-        return _check_module(variant, obs)
-    return _check_tensor(variant, obs)
+        return _check_module(variant, obs)  # type: ignore[arg-type]
+    return _check_tensor(variant, obs)  # type: ignore[arg-type]
 
 
-def _error_text(err: dict[str, Any]) -> str:
+def failed_checks(failures: list[Failure]) -> list[str]:
+    """The names of the checks that failed, each once, in order."""
+    return list(dict.fromkeys(f.check for f in failures))
+
+
+def _error_text(err: ErrorInfo) -> str:
     return f"{err['type']}: {err['message']}"
 
 
-def _check_error(variant: Variant, obs: dict[str, Any], call: str) -> list[Failure] | None:
+def _check_error(variant: Variant, obs: Observation, call: str) -> list[Failure] | None:
     """Failures about errors, or None when neither raised nor expected."""
     expected = variant.expect("error")
     raised = obs.get("error")
@@ -42,6 +55,7 @@ def _check_error(variant: Variant, obs: dict[str, Any], call: str) -> list[Failu
     if expected is None:
         return [
             Failure(
+                "step_error",
                 f"{call} raised an error",
                 variant.case.mark,
                 "no error",
@@ -53,21 +67,51 @@ def _check_error(variant: Variant, obs: dict[str, Any], call: str) -> list[Failu
     want_text = want["type"] + (f" matching /{want['match']}/" if want.get("match") else "")
     if raised is None:
         return [
-            Failure("expect.error", expected.mark, want_text, f"{call} succeeded without an error")
+            Failure(
+                "expect.error",
+                "expect.error",
+                expected.mark,
+                want_text,
+                f"{call} succeeded without an error",
+            )
         ]
     failures = []
     if want["type"] not in raised["bases"] and want["type"] != raised["type"]:
         failures.append(
-            Failure("expect.error.type", expected.mark, want["type"], _error_text(raised))
+            Failure(
+                "expect.error",
+                "expect.error.type",
+                expected.mark,
+                want["type"],
+                _error_text(raised),
+            )
         )
     elif want.get("match") and not re.search(want["match"], raised["message"]):
         failures.append(
-            Failure("expect.error.match", expected.mark, f"/{want['match']}/", _error_text(raised))
+            Failure(
+                "expect.error",
+                "expect.error.match",
+                expected.mark,
+                f"/{want['match']}/",
+                _error_text(raised),
+            )
         )
     return failures
 
 
-def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
+def _spec_matches(actual: str, want: Any) -> bool:
+    if isinstance(want, dict):
+        return all(text in actual for text in want["contains"])
+    return actual == want
+
+
+def _spec_wanted(want: Any) -> str:
+    if isinstance(want, dict):
+        return "a spec containing " + " and ".join(repr(t) for t in want["contains"])
+    return want
+
+
+def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
     errors = _check_error(variant, obs, "distribute_tensor")
     if errors is not None:
         return errors
@@ -81,10 +125,11 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         return declared.mark if declared else case.locate(fallback)
 
     if on["type"] and obs["type"] != "XLAShardedTensor":
-        failures.append(Failure("result type", case.mark, "XLAShardedTensor", obs["type"]))
+        failures.append(Failure("type", "result type", case.mark, "XLAShardedTensor", obs["type"]))
     if on["global_shape"] and obs["global_shape"] != req["shape"]:
         failures.append(
             Failure(
+                "global_shape",
                 "global shape",
                 expect_mark("global_shape", ("input", "shape")),
                 req["shape"],
@@ -101,6 +146,7 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         if bad:
             failures.append(
                 Failure(
+                    "values",
                     "shard values",
                     case.locate(("input",)),
                     "each shard equals the input slice it claims",
@@ -110,6 +156,7 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
     if on["requires_grad"] and obs["requires_grad"] != req["requires_grad"]:
         failures.append(
             Failure(
+                "requires_grad",
                 "global_tensor.requires_grad",
                 case.locate(("input", "requires_grad")),
                 req["requires_grad"],
@@ -117,7 +164,20 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
             )
         )
     if on["is_leaf"] and not obs["is_leaf"]:
-        failures.append(Failure("is_leaf", case.mark, True, obs["is_leaf"]))
+        failures.append(Failure("is_leaf", "is_leaf", case.mark, True, obs["is_leaf"]))
+    predicted = variant.predicted_spec
+    if on["sharding_spec"] and predicted is not None and obs["sharding_spec"] != predicted:
+        failures.append(
+            Failure(
+                "sharding_spec",
+                "sharding spec",
+                case.locate(("placements",)),
+                variant.predicted_spec,
+                obs["sharding_spec"],
+                note="expected: the string torch_xla would give for DTensor's layout of "
+                "these placements (predicted by shardspec)",
+            )
+        )
     by_device = {s["device"]: s for s in shards}
     for declared in variant.expects:
         if declared.name == "local_shape" and 0 in by_device:
@@ -129,12 +189,28 @@ def _check_tensor(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         elif declared.name == "global_shape":
             actual = obs["global_shape"]
         elif declared.name == "sharding_spec":
-            actual = obs["sharding_spec"]
+            if not _spec_matches(obs["sharding_spec"], declared.value):
+                failures.append(
+                    Failure(
+                        "expect.sharding_spec",
+                        "expect.sharding_spec",
+                        declared.mark,
+                        _spec_wanted(declared.value),
+                        obs["sharding_spec"],
+                    )
+                )
+            continue
         else:
             continue
         if actual != declared.value:
             failures.append(
-                Failure(f"expect.{declared.name}", declared.mark, declared.value, actual)
+                Failure(
+                    f"expect.{declared.name}",
+                    f"expect.{declared.name}",
+                    declared.mark,
+                    declared.value,
+                    actual,
+                )
             )
     return failures
 
@@ -172,10 +248,18 @@ def _check_shards(
     note = "DTensor's rules (expected) against what XLA produced (actual)"
     if extra:
         note += f"; XLA also reported devices {extra}"
-    return [Failure(f"{what} differ from DTensor's layout", mark, note=note, table=[header, *rows])]
+    return [
+        Failure(
+            "shards",
+            f"{what} differ from DTensor's layout",
+            mark,
+            note=note,
+            table=[header, *rows],
+        )
+    ]
 
 
-def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
+def _check_module(variant: Variant, obs: ModuleObservation) -> list[Failure]:
     errors = _check_error(variant, obs, "distribute_module")
     if errors is not None:
         return errors
@@ -190,18 +274,24 @@ def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
         if variant.checks["values"] and bad:
             failures.append(
                 Failure(
+                    "values",
                     f"{name}'s shard values",
                     mark,
                     "each shard equals the slice it claims",
                     f"devices {', '.join(bad)} hold other values",
                 )
             )
+
+    def spec(param: str) -> str:
+        return params.get(param, {}).get("sharding_spec") or ""
+
     for declared in variant.expects:
         if declared.name == "sharded_params":
-            bare = [p for p in declared.value if not params.get(p, {}).get("sharding_spec")]
+            bare = [p for p in declared.value if not spec(p)]
             if bare:
                 failures.append(
                     Failure(
+                        "expect.sharded_params",
                         "expect.sharded_params",
                         declared.mark,
                         "a sharding annotation on each",
@@ -209,49 +299,83 @@ def _check_module(variant: Variant, obs: dict[str, Any]) -> list[Failure]:
                     )
                 )
         elif declared.name == "unsharded_params":
-            marked = {
-                p: params[p]["sharding_spec"]
-                for p in declared.value
-                if params.get(p, {}).get("sharding_spec")
-            }
+            marked = {p: spec(p) for p in declared.value if spec(p)}
             if marked:
                 failures.append(
                     Failure(
                         "expect.unsharded_params",
+                        "expect.unsharded_params",
                         declared.mark,
                         "no sharding annotation",
                         "; ".join(f"{p} has {s}" for p, s in marked.items()),
+                        note=_replicated_note(marked),
+                    )
+                )
+        elif declared.name == "replicated_params":
+            other = {p: spec(p) or "no annotation" for p in declared.value}
+            other = {p: s for p, s in other.items() if s != REPLICATED}
+            if other:
+                failures.append(
+                    Failure(
+                        "expect.replicated_params",
+                        "expect.replicated_params",
+                        declared.mark,
+                        f"the annotation {REPLICATED} on each",
+                        "; ".join(f"{p} has {s}" for p, s in other.items()),
                     )
                 )
         elif declared.name.startswith("sharding_spec["):
             param = declared.name[len("sharding_spec[") : -1]
-            actual = params.get(param, {}).get("sharding_spec")
-            if actual != declared.value:
+            if not _spec_matches(spec(param), declared.value):
                 failures.append(
                     Failure(
-                        f"expect.{declared.name}", declared.mark, declared.value, actual or "(none)"
+                        "expect.sharding_spec",
+                        f"expect.{declared.name}",
+                        declared.mark,
+                        _spec_wanted(declared.value),
+                        spec(param) or "(none)",
                     )
                 )
         elif declared.name == "forward":
-            fwd = obs.get("forward") or {}
-            atol = declared.value["atol"]
-            if fwd.get("shape") != fwd.get("expected_shape"):
-                failures.append(
-                    Failure(
-                        "expect.forward output shape",
-                        declared.mark,
-                        fwd.get("expected_shape"),
-                        fwd.get("shape"),
-                    )
-                )
-            elif not fwd.get("finite", False) or fwd["max_excess"] > atol:
-                failures.append(
-                    Failure(
-                        "expect.forward",
-                        declared.mark,
-                        f"|xla - cpu| <= atol + rtol*|cpu| (atol={atol:g}, rtol={declared.value['rtol']:g})",
-                        f"max |xla - cpu| = {fwd.get('max_abs_error', float('nan')):.3g}"
-                        + ("" if fwd.get("finite", False) else " (non-finite outputs)"),
-                    )
-                )
+            failures.extend(_check_forward(declared.value, declared.mark, obs.get("forward")))
     return failures
+
+
+REPLICATED = "{replicated}"
+
+
+def _replicated_note(marked: dict[str, str]) -> str:
+    copies = [p for p, s in marked.items() if s == REPLICATED]
+    if not copies:
+        return ""
+    return (
+        f"{', '.join(copies)}: {REPLICATED} means a shard rule placed it with Replicate() "
+        "(every device holds all of it); list it under replicated_params instead"
+    )
+
+
+def _check_forward(tolerance: dict[str, float], mark: Mark, fwd: Any) -> list[Failure]:
+    fwd = fwd or {}
+    atol = tolerance["atol"]
+    if fwd.get("shape") != fwd.get("expected_shape"):
+        return [
+            Failure(
+                "expect.forward",
+                "expect.forward output shape",
+                mark,
+                fwd.get("expected_shape"),
+                fwd.get("shape"),
+            )
+        ]
+    if not fwd.get("finite", False) or fwd["max_excess"] > atol:
+        return [
+            Failure(
+                "expect.forward",
+                "expect.forward",
+                mark,
+                f"|xla - cpu| <= atol + rtol*|cpu| (atol={atol:g}, rtol={tolerance['rtol']:g})",
+                f"max |xla - cpu| = {fwd.get('max_abs_error', float('nan')):.3g}"
+                + ("" if fwd.get("finite", False) else " (non-finite outputs)"),
+            )
+        ]
+    return []

@@ -18,7 +18,10 @@ from . import __version__
 from .expand import Variant, expand, parse_device_counts
 from .problems import Mark, Problem
 from .report import table
+from .requires import runs_at
 from .spec import ENGINES, SUFFIXES, Case, SpecFile, read
+from .verdict import verdict
+from .words import did_you_mean
 
 DEFAULT_DEVICES = (1, 2, 4, 8)
 
@@ -91,19 +94,8 @@ def spec_files(paths: list[str]) -> list[tuple[Path, str]]:
 
 
 def variants_of(case: Case, n: int) -> list[Variant]:
-    """``expand`` for the xla engine, never raising (a crash becomes a located problem)."""
-    try:
-        return expand(case, "xla", n)
-    except Exception as exc:  # a bug in shardspec must not hide the other files' problems
-        variant = Variant(case, "xla", n, None)
-        variant.problems = [
-            case.problem(
-                (),
-                f"shardspec could not expand this case ({type(exc).__name__}: {exc}); "
-                "please report it",
-            )
-        ]
-        return [variant]
+    """``expand`` for the xla engine (it never raises: a crash becomes a located problem)."""
+    return expand(case, "xla", n)
 
 
 def word(count: int, singular: str, plural: str | None = None) -> str:
@@ -136,42 +128,77 @@ class Found:
         return {**self.problem.as_json(), "devices": self.devices or None}
 
 
-def problems_of(spec: SpecFile, counts: tuple[int, ...]) -> list[Found]:
-    """Every problem of a file that needs no device, one per place in the file."""
+def problems_of(spec: SpecFile, counts: tuple[int, ...]) -> tuple[list[Found], list[Problem]]:
+    """Every problem of a file that needs no device, one per place in the file, and the
+    warnings: things that run but may not mean what the author thinks."""
     out = [Found(p) for p in spec.problems]
+    warnings: list[Problem] = []
     for case in spec.cases:
         if case.problems:
             out.extend(Found(p) for p in case.problems)
             continue
         at: dict[tuple[str, Mark], Found] = {}  # one per place: the first n's message
         fine = []
+        kinds: set[str] = set()
         for n in counts:
             variants = variants_of(case, n)
-            if not any(v.problems or v.skip for v in variants):
+            verdicts = [verdict(v) for v in variants]
+            kinds.update(v.kind for v in verdicts)
+            if not any(v.kind in ("error", "skip") for v in verdicts):
                 fine.append(n)
-            for problem in (p for v in variants for p in v.problems):
+            for problem in (p for v in verdicts for p in v.problems):
                 found = at.setdefault((problem.path, problem.mark), Found(problem, fine=fine))
                 if n not in found.devices:
                     found.devices.append(n)
         out.extend(at.values())
+        warnings.extend(_warnings(case, counts, kinds))
     unique: dict[tuple, Found] = {}
     for found in out:
         unique.setdefault((found.problem.mark, found.problem.message), found)
-    return sorted(unique.values(), key=lambda f: f.problem.mark)
+    return sorted(unique.values(), key=lambda f: f.problem.mark), sorted(
+        warnings, key=lambda p: p.mark
+    )
+
+
+def _warnings(case: Case, counts: tuple[int, ...], kinds: set[str]) -> list[Problem]:
+    out = []
+    xfail = case.data.get("xfail")
+    if isinstance(xfail, dict) and "checks" not in xfail:
+        out.append(
+            case.problem(
+                ("xfail",),
+                "this xfail names no checks, so any failure counts as the expected one; name "
+                "the checks that fail, such as xfail: {reason: ..., checks: [shards]} (see "
+                "`checks` in the README for their names)",
+            )
+        )
+    if kinds == {"skip"} and "skip" not in case.data:
+        where = ("requires",) if "requires" in case.data else ()
+        elsewhere = ", ".join(map(str, runs_at(case))) or "none up to 16"
+        out.append(
+            case.problem(
+                where,
+                f"the case runs at none of the device counts checked (n={counts_text(counts)}): "
+                f"its requires skip them all; it runs at n={elsewhere}",
+            )
+        )
+    return out
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
     counts: tuple[int, ...] = args.devices
     found: list[Found] = []
+    warned: list[Problem] = []
     cases = 0
     bad_files = 0
     for path, shown in files:
         spec = read(path, shown)
         cases += len(spec.cases)
-        mine = problems_of(spec, counts)
+        mine, warnings = problems_of(spec, counts)
         bad_files += bool(mine)
         found.extend(mine)
+        warned.extend(warnings)
     if args.format == "json":
         document = {
             "devices": list(counts),
@@ -180,38 +207,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "cases": cases,
                 "problems": len(found),
                 "files_with_problems": bad_files,
+                "warnings": len(warned),
             },
             "problems": [f.as_json() for f in found],
+            "warnings": [w.as_json() for w in warned],
         }
         print(json.dumps(document, indent=2))
         return 1 if found else 0
     for f in found:
         print(f.text())
+    for w in warned:
+        print(f"{w.path}:{w.mark.line}:{w.mark.col}: warning: {w.message}")
     checked = (
         f"{word(len(files), 'file')}, {word(cases, 'case')}, checked at n={counts_text(counts)}"
     )
+    also = f"; {word(len(warned), 'warning')}" if warned else ""
     if found:
-        print(f"{checked}: {word(len(found), 'problem')} in {word(bad_files, 'file')}")
+        print(f"{checked}: {word(len(found), 'problem')} in {word(bad_files, 'file')}{also}")
         return 1
-    print(f"{checked}: no problems")
+    print(f"{checked}: no problems{also}")
     return 0
 
 
 # --- list ---------------------------------------------------------------------------
 
 
-def status(case: Case, variants: list[Variant]) -> tuple[str, str]:
-    """The short cell text for one case at one n, and its kind (run, skip, xfail or error)."""
-    first = variants[0]
-    if first.skip:
-        reason = re.sub(r"^requires (.*), but this run has n=\d+$", r"\1", first.skip)
-        return f"skip ({reason})", "skip"
-    if isinstance(case.data.get("skip"), str):
-        return f"skip ({_short(case.data['skip'], 30)})", "skip"
-    problems = [p for v in variants for p in v.problems]
-    if problems:
-        return f"error (line {problems[0].mark.line})", "error"
-    kind = "xfail" if isinstance(case.data.get("xfail"), dict) else "run"
+def status(variants: list[Variant], file_problems: list[Problem]) -> tuple[str, str]:
+    """The short cell text for one case at one n, and its kind (run, skip, xfail or error).
+
+    The same verdict the plugin acts on: a broken case is an error, whatever it skips.
+    """
+    found = [verdict(v, file_problems) for v in variants]
+    errors = [f for f in found if f.kind == "error"]
+    if errors:
+        first = errors[0]
+        where = "the file" if first.file_broken else f"line {first.problems[0].mark.line}"
+        return f"error ({where})", "error"
+    first_verdict = found[0]
+    if first_verdict.kind == "skip":
+        reason = re.sub(r"^requires (.*), but this run has n=\d+$", r"\1", first_verdict.reason)
+        return f"skip ({_short(reason, 30)})", "skip"
+    kind = first_verdict.kind
     return (kind if len(variants) == 1 else f"{kind} x{len(variants)}"), kind
 
 
@@ -240,7 +276,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 row = [case.id, engine]
                 for n in counts:
                     variants = variants_of(case, n)
-                    cell, kind = status(case, variants)
+                    cell, kind = status(variants, spec.problems)
                     tally[kind] += len(variants)
                     row.append(cell)
                 rows.append(row)
@@ -271,8 +307,6 @@ def find_case(target: str) -> tuple[SpecFile, Case, int | None]:
     n_in_id = re.search(r"\bn(\d+)\b", bracket)
     case = next((c for c in spec.cases if c.id == case_id), None)
     if case is None:
-        from .schema import did_you_mean
-
         raise UsageError(f"no case '{case_id}' in {file}{did_you_mean(case_id, ids)}{listing}")
     return spec, case, int(n_in_id.group(1)) if n_in_id else None
 

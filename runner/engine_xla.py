@@ -8,7 +8,6 @@ in the pytest process (runner.check).
 from __future__ import annotations
 
 import copy
-import fnmatch
 import time
 from collections import OrderedDict
 from typing import Any
@@ -27,6 +26,18 @@ from torch.distributed.tensor import (
     distribute_tensor,
 )
 from torch_xla.distributed.spmd import XLAShardedTensor
+
+from .protocol import (
+    ErrorInfo,
+    ModuleObservation,
+    ModuleRequest,
+    Observation,
+    ParamObservation,
+    Request,
+    ShardObservation,
+    TensorObservation,
+    TensorRequest,
+)
 
 DTYPES = {
     "float32": torch.float32,
@@ -87,7 +98,7 @@ def make_input(shape: list[int], dtype: str, seed: int) -> torch.Tensor:
     return x
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
+def _error(exc: BaseException) -> ErrorInfo:
     return {
         "type": type(exc).__name__,
         "bases": [cls.__name__ for cls in type(exc).__mro__],
@@ -111,7 +122,7 @@ def _slices(indices: Any, shape: list[int]) -> tuple[list[int], list[int]]:
     return offset, extent
 
 
-def _observe_shards(shards: list, source: torch.Tensor) -> list[dict[str, Any]]:
+def _observe_shards(shards: list, source: torch.Tensor) -> list[ShardObservation]:
     """Each shard's device, unpadded and padded shape, offset, and whether its values
     equal the slice of ``source`` it claims."""
     out = []
@@ -135,7 +146,7 @@ def _observe_shards(shards: list, source: torch.Tensor) -> list[dict[str, Any]]:
     return out
 
 
-def run_tensor(req: dict[str, Any]) -> dict[str, Any]:
+def run_tensor(req: TensorRequest) -> TensorObservation:
     x = make_input(req["shape"], req["dtype"], req["seed"])
     if req["requires_grad"]:
         x.requires_grad_(True)
@@ -169,40 +180,38 @@ def _build(layers: list) -> nn.Sequential:
     )
 
 
-def run_module(req: dict[str, Any]) -> dict[str, Any]:
+def run_module(req: ModuleRequest) -> ModuleObservation:
     torch.manual_seed(req["seed"])
     reference = _build(req["layers"])
     device = torch_xla.device()
     # Move first: distributing CPU params would shard copies, not the module's own.
     model = copy.deepcopy(reference).to(device)
     mesh = _mesh(req["mesh"])
-    rules = req["rules"]
+    placed = req["params"]  # the shard rules were matched once, by expand
 
     def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            rule = next((r for r in rules if fnmatch.fnmatchcase(full, r["params"])), None)
-            if rule is not None:
-                placements = [_placement(p, param.dim()) for p in rule["placements"]]
-                distribute_tensor(param, device_mesh, placements)
+            if full in placed:
+                distribute_tensor(param, device_mesh, [_placement(p) for p in placed[full]])
 
     try:
         sharded = distribute_module(model, mesh, partition)
     except Exception as exc:
         return {"error": _error(exc)}
     originals = dict(reference.named_parameters())
-    params = {}
+    params: dict[str, ParamObservation] = {}
     for name, param in sharded.named_parameters():
         params[name] = {
             "sharding_spec": torch_xla._XLAC._get_xla_sharding_spec(param),
             "shape": list(param.shape),
             "device": str(param.device),
         }
-        if any(fnmatch.fnmatchcase(name, r["params"]) for r in rules):
+        if name in placed:
             # The parameter was annotated in place; a wrapper shows its shards.
             shards = XLAShardedTensor(param.detach()).local_shards
             params[name]["shards"] = _observe_shards(shards, originals[name].detach())
-    out: dict[str, Any] = {"type": type(sharded).__name__, "params": params}
+    out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
     forward = req.get("forward")
     if forward:
         gen = torch.Generator().manual_seed(req["seed"] + 1)
@@ -227,9 +236,9 @@ def run_module(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(req: dict[str, Any]) -> dict[str, Any]:
+def run(req: Request) -> Observation:
     if req["op"] == "tensor":
-        return run_tensor(req)
+        return run_tensor(req)  # type: ignore[arg-type]
     if req["op"] == "module":
-        return run_module(req)
+        return run_module(req)  # type: ignore[arg-type]
     raise ValueError(f"unknown op {req['op']!r}")

@@ -96,7 +96,21 @@ class Worker:
                     raise WorkerFault(_death(code, what), list(self.tail))
                 self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that aren't text
+            reply = None
+        if not isinstance(reply, dict):
+            # Something else printed to the worker's stdout (a library's print, say): the
+            # pipe can no longer be trusted, so the worker is stopped and started afresh.
+            self.stop()
+            text = short_line(line.decode("utf-8", "replace"))
+            raise WorkerFault(
+                f"the worker broke its protocol ({what}): it printed {text!r} where a JSON "
+                "reply was expected; the worker was stopped",
+                list(self.tail),
+            )
+        return reply
 
     def call(self, request: dict[str, Any], timeout: float) -> Reply:
         assert self.proc is not None and self.proc.stdin is not None
@@ -128,6 +142,12 @@ class Worker:
                 pipe.close()
         self.proc = None
         self._buffer = b""
+
+
+def short_line(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters for a one-line message."""
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _death(code: int, what: str) -> str:

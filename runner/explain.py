@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from collections.abc import Sequence
 
-from . import oracle
+from . import oracle, xla_sharding
 from . import placements as placement_parser
-from .expand import Variant, unmet_requirement
+from .expand import Variant
 from .layers import Layer
 from .oracle import ShardLayout
 from .placements import Placement
 from .report import table
+from .requires import runs_at
 from .spec import Case, SpecFile
+from .verdict import verdict
 
 MAX_GRID_COLUMNS = 16
 MAX_GRID_ROWS = 32
@@ -144,6 +145,8 @@ def tensor_lines(variant: Variant) -> list[str]:
         head = "  placements" if i == 0 else " " * 12
         lines.append(f"{head}  axis {i}: {p!s:<12} {placement_words(p, mesh[i], len(shape))}")
     lines.append(f"  XLA pads each piece to {list(oracle.padded_shape(shape, mesh, places))}")
+    if variant.predicted_spec is not None:
+        lines.append(f"  XLA sharding (predicted): {variant.predicted_spec}")
     lines.extend(expectations(variant))
     lines.append("")
     rows = [["device", "mesh coord", "piece shape", "offset", "holds"]]
@@ -164,6 +167,7 @@ def tensor_lines(variant: Variant) -> list[str]:
 
 
 def module_lines(case: Case, variant: Variant) -> list[str]:
+    """The module's parameters with the placements expand resolved for them (no re-matching)."""
     request = variant.request or {}
     mesh = request["mesh"]
     lines = [f"  mesh        {mesh}: {variant.n} device(s)"]
@@ -177,35 +181,28 @@ def module_lines(case: Case, variant: Variant) -> list[str]:
         lines.append(f"{head} [{i}] params '{rule['params']}' -> [{', '.join(rule['placements'])}]")
     lines.extend(expectations(variant))
     lines.append("")
-    rows = [["parameter", "shape", "rule", "placements", "pieces"]]
+    rows = [["parameter", "shape", "rule", "placements", "pieces", "XLA sharding (predicted)"]]
     for name, layer in layers:
         for pname, shape in layer.params.items():
             param = f"{name}.{pname}"
-            index = next(
-                (i for i, r in enumerate(rules) if fnmatch.fnmatchcase(param, r["params"])), None
-            )
-            if index is None:
-                rows.append([param, str(list(shape)), "-", "none", "not sharded (no rule matches)"])
+            placed = variant.param_layouts.get(param)
+            if placed is None:
+                rows.append(
+                    [param, str(list(shape)), "-", "none", "not sharded (no rule matches)", "-"]
+                )
                 continue
-            places = [
-                placement_parser.parse(p).normalized(len(shape)) for p in rules[index]["placements"]
-            ]
-            layout = oracle.layout(shape, mesh, places)
             rows.append(
                 [
                     param,
                     str(list(shape)),
-                    f"[{index}]",
-                    f"[{', '.join(map(str, places))}]",
-                    pieces(layout),
+                    f"[{placed.rule}]",
+                    f"[{', '.join(map(str, placed.placements))}]",
+                    pieces(placed.layout),
+                    xla_sharding.predict_or_none(mesh, placed.placements, len(shape)) or "-",
                 ]
             )
     lines.extend(table(rows))
     return lines
-
-
-def runs_at(case: Case, limit: int = 16) -> list[int]:
-    return [m for m in range(1, limit + 1) if unmet_requirement(case, m) is None]
 
 
 def explain(spec: SpecFile, case: Case, variants: list[Variant]) -> tuple[str, bool]:
@@ -215,21 +212,21 @@ def explain(spec: SpecFile, case: Case, variants: list[Variant]) -> tuple[str, b
     lines = [f"{spec.path}::{case.id} at n={n}: DTensor's layout (worked out here; nothing runs)"]
     if isinstance(case.data.get("description"), str):
         lines.append("  " + " ".join(case.data["description"].split()))
-    if spec.problems:
-        lines.append(f"  note: the file has problems; see `shardspec validate {spec.path}`")
-    problems = [p for v in variants for p in v.problems] or list(case.problems)
-    if problems:
+    found = verdict(variant, spec.problems)
+    if found.kind == "error":
+        if found.file_broken:
+            lines.append(f"  note: the file has problems; see `shardspec validate {spec.path}`")
         lines += ["", "this case has problems; fix them first:"]
-        lines += [f"  {p}" for p in dict.fromkeys(problems)]
+        lines += [f"  {p}" for p in dict.fromkeys(found.problems)]
         return "\n".join(lines), False
     if variant.skip:
         others = ", ".join(map(str, runs_at(case))) or "none up to 16"
         lines.append(f"  skipped at n={n}: {variant.skip}; it runs at n={others}")
         return "\n".join(lines), False
-    if isinstance(case.data.get("skip"), str):
-        lines.append(f"  note: the case is skipped (skip: {case.data['skip']})")
-    xfail = case.data.get("xfail")
-    if isinstance(xfail, dict):
-        lines.append(f"  note: expected to fail on XLA (xfail: {xfail.get('reason')})")
+    if found.kind == "skip":
+        lines.append(f"  note: the case is skipped (skip: {found.reason})")
+    if found.xfail is not None:
+        checks = f"; checks {', '.join(found.xfail.checks)}" if found.xfail.checks else ""
+        lines.append(f"  note: expected to fail on XLA (xfail: {found.xfail.reason}{checks})")
     body = module_lines(case, variant) if case.kind == "module" else tensor_lines(variant)
     return "\n".join(lines + body), True

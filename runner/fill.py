@@ -32,31 +32,35 @@ class FillResult:
     errors: int = 0
 
 
-def flow(values: list[Any]) -> str:
-    """A shape in YAML flow style: ``[3*n, 3]``."""
-    items = [
-        str(v) if not isinstance(v, str) or _PLAIN.fullmatch(v) else json.dumps(v) for v in values
-    ]
-    return "[" + ", ".join(items) + "]"
+def flow(values: list[Any] | dict[str, Any]) -> str:
+    """A shape in YAML flow style, ``[3*n, 3]``, or a map by n, ``{4: "{replicated}"}``."""
+
+    def scalar(v: Any) -> str:
+        return str(v) if not isinstance(v, str) or _PLAIN.fullmatch(v) else json.dumps(v)
+
+    if isinstance(values, dict):
+        return "{" + ", ".join(f"{k}: {scalar(v)}" for k, v in values.items()) + "}"
+    return "[" + ", ".join(scalar(v) for v in values) + "]"
 
 
 class Broken(Exception):
     """A case that can't be filled until its problems are fixed."""
 
 
-def shapes_for(case: Case, counts: tuple[int, ...]) -> tuple[dict[str, list[Any]], str | None]:
+def shapes_for(case: Case, counts: tuple[int, ...]) -> tuple[dict[str, Any], str | None]:
     """The keys to add (in order) and, when one can't be added, why; raises Broken."""
     expect = case.data.get("expect") or {}
     if case.problems:
         raise Broken("not filled: it has problems; run `shardspec validate` first")
     if case.kind != "tensor" or "error" in expect:
         return {}, None
-    wanted = [k for k in ("global_shape", "local_shape") if k not in expect]
+    wanted = [k for k in ("global_shape", "local_shape", "sharding_spec") if k not in expect]
     if "local_shapes" in expect and "local_shape" in wanted:
         wanted.remove("local_shape")
     if not wanted:
         return {}, None
     runs: list[tuple[int, list[int], list[int]]] = []  # (n, input shape, device 0's piece)
+    specs: dict[str, str | None] = {}  # n -> torch_xla's predicted sharding string
     for n in counts:
         try:
             variant = expand(case, "xla", n)[0]
@@ -68,10 +72,11 @@ def shapes_for(case: Case, counts: tuple[int, ...]) -> tuple[dict[str, list[Any]
             raise Broken(f"not filled: it has problems at n={n}; run `shardspec validate` first")
         if not variant.skip:
             runs.append((n, variant.description["shape"], list(variant.layout[0].shape)))
+            specs[str(n)] = variant.predicted_spec
     if not runs:
         return {}, f"not filled: it runs at none of n={', '.join(map(str, counts))}"
     raw = list(case.data["input"]["shape"])
-    out: dict[str, list[Any]] = {}
+    out: dict[str, Any] = {}
     note = None
     if "global_shape" in wanted:
         out["global_shape"] = raw  # the input's shape, as written: right at every n
@@ -94,11 +99,13 @@ def shapes_for(case: Case, counts: tuple[int, ...]) -> tuple[dict[str, list[Any]
                 f"local_shape left out: device 0's piece is not the same at every n ({seen}); "
                 "every device's piece is checked against DTensor's rules anyway"
             )
+    if "sharding_spec" in wanted and all(specs.values()):
+        out["sharding_spec"] = specs  # a map by n: the string names the devices
     return out, note
 
 
 def _insertion(
-    doc: Document, text_lines: list[str], case: Case, keys: dict[str, list[Any]], nl: str
+    doc: Document, text_lines: list[str], case: Case, keys: dict[str, Any], nl: str
 ) -> tuple[int, int, str] | None:
     """(line index, column, text) to insert, or None when the case's layout is unusual."""
     own = ("cases", case.index)

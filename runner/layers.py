@@ -6,11 +6,11 @@ LayerNorm(d), Embedding(num, dim). Sizes may be expressions in n.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
 from . import expr
+from .words import close_match
 from .yamlload import short
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
@@ -100,8 +100,8 @@ def parse_layer(text: str, n: int) -> Layer:
         raise LayerError(f"'{short(text)}' is not a layer; write one of {SIGNATURES}")
     name, body = match.group(1), match.group(2).strip()
     if name not in ALLOWED:
-        close = difflib.get_close_matches(name, list(ALLOWED), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        close = close_match(name, ALLOWED)
+        hint = f"did you mean {close}? " if close else ""
         raise LayerError(f"unknown layer '{short(name)}'; {hint}allowed layers: {SIGNATURES}")
     positional, flags = ALLOWED[name]
     args = [a.strip() for a in body.split(",")] if body else []

@@ -7,25 +7,31 @@ and judge the plain observations that come back (runner.check).
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import report
-from .check import check
-from .coverage import Matrix
+from . import coverage, report, summary
+from .check import check, failed_checks
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
 from .problems import Problem
 from .spec import ENGINES, SUFFIXES, Case, read
+from .verdict import verdict
 
 DEFAULT_DEVICES = (4,)
 DEFAULT_TIMEOUT = 120.0
 FILE_ITEM = "file"
-_ITEM_NAME = re.compile(r"^(?P<id>[^\[]+)\[(?P<engine>[a-z]+)-n(?P<n>[0-9]+)(-(no)?grad)?\]$")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """A skip's reason, as -rs shows it (without pytest's "Skipped: ")."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple | list) and len(longrepr) == 3 else longrepr
+    return str(reason).removeprefix("Skipped: ")
 
 
 class ShardspecFailure(Exception):
@@ -65,9 +71,14 @@ class Run:
         self._counts: tuple[int, ...] | None = None
         self.cases: dict[str, set[str]] = defaultdict(set)  # file -> case ids found
         self.items: dict[str, str] = {}  # nodeid -> file, for the selected items
-        self.outcomes: dict[str, str] = {}
-        self.unchecked: list[tuple[str, str]] = []
-        self.variants: dict[str, Variant] = {}
+        self.outcomes: dict[str, str] = {}  # nodeid -> one outcome (a failure wins)
+        # The reports' side of the ledger, filled from the reports themselves (so under
+        # xdist too): each item's record (coverage.record), its time, its skip reason.
+        self.records: dict[str, dict[str, Any]] = {}
+        self.durations: dict[str, float] = defaultdict(float)
+        self.skips: dict[str, str] = {}
+        self.ran: set[str] = set()  # items whose test body ran (checks were made or not)
+        self.strict_xpass: set[str] = set()
         report_path = config.getoption("shardspec_report")
         if report_path and Path(report_path).suffix.lower() not in (".md", ".html", ".htm"):
             raise pytest.UsageError(
@@ -93,72 +104,100 @@ class Run:
         for item in session.items:
             if isinstance(item, CaseItem | ProblemItem):
                 self.items[item.nodeid] = item.parent.nodeid
-            if isinstance(item, CaseItem):
-                self.variants[item.nodeid] = item.variant
+                rec = coverage.record_in(item.user_properties)
+                if rec is not None:
+                    self.records[item.nodeid] = rec
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # The xdist controller collects nothing: the workers tell it what they selected.
+        for nodeid in ids:
+            file = nodeid.split("::")[0]
+            if Path(file).suffix in SUFFIXES:
+                self.items[nodeid] = file
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        nodeid = report.nodeid
+        if nodeid not in self.records:
+            rec = coverage.record_in(report.user_properties)
+            if rec is not None:
+                self.records[nodeid] = rec
+        self.durations[nodeid] += report.duration
         # One outcome per item (setup, call and teardown reports fold; a failure wins).
         outcome = report.outcome
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.skipped else "xpassed"
+        elif report.failed and report.when != "call":
+            outcome = "error"
+        elif report.skipped:
+            self.skips[nodeid] = _skip_reason(report)
+        if report.when == "call":
+            self.ran.add(nodeid)
+            if report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):
+                self.strict_xpass.add(nodeid)
         counts = report.when == "call" or outcome != "passed"
-        if counts and self.outcomes.get(report.nodeid) != "failed":
-            self.outcomes[report.nodeid] = outcome
+        if counts and self.outcomes.get(nodeid) not in ("failed", "error"):
+            self.outcomes[nodeid] = outcome
 
     def missing(self) -> list[str]:
         if self.config.option.collectonly:
             return []
         return [nodeid for nodeid in self.items if nodeid not in self.outcomes]
 
+    def shardspec_nodeids(self) -> list[str]:
+        """The items of spec files that reported or were selected (not other tests)."""
+        seen = dict.fromkeys([*self.items, *self.outcomes])
+        return [n for n in seen if n in self.records or Path(n.split("::")[0]).suffix in SUFFIXES]
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if exitstatus == pytest.ExitCode.OK and self.missing():
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.report_path is not None and not hasattr(self.config, "workerinput"):
-            # Under xdist the controller collected nothing: rebuild the variants (cheap,
-            # no torch) from the node ids of the reports it received.
-            variants = self.variants or self._variants_of(self.outcomes)
-            matrix = Matrix()
-            for nodeid, variant in variants.items():
-                matrix.add(variant, self.outcomes.get(nodeid, "not run"))
+            # One code path with and without xdist: the records came with the reports
+            # (or, for items that never reported, from collection).
+            matrix = coverage.Matrix()
+            for nodeid, rec in self.records.items():
+                outcome = self.outcomes.get(nodeid, "not run")
+                matrix.add(rec, "xpassed strict" if nodeid in self.strict_xpass else outcome)
             matrix.write(self.report_path)
 
-    def _variants_of(self, nodeids) -> dict[str, Variant]:
-        found: dict[str, Variant] = {}
-        specs: dict[str, list[Case]] = {}
-        for nodeid in nodeids:
-            file, _, name = nodeid.partition("::")
-            if Path(file).suffix not in SUFFIXES or "[" not in name:
-                continue
-            if file not in specs:
-                path = self.config.rootpath / file
-                specs[file] = read(path, file).cases if path.is_file() else []
-            match = _ITEM_NAME.match(name)
-            if not match:
-                continue
-            case_id, engine, n = match["id"], match["engine"], int(match["n"])
-            for case in specs[file]:
-                if case.id == case_id:
-                    for variant in _expand(case, engine, n, self.max_elements):
-                        if f"{case_id}[{variant.name}]" == name:
-                            found[nodeid] = variant
-        return found
-
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.config.option.collectonly or hasattr(self.config, "workerinput"):
+            return
+        tr = terminalreporter
+        if self.report_path is not None:
+            tr.write_line(f"shardspec: coverage report written to {self.report_path}")
         cases = self.cases
         if not cases:  # the xdist controller collects nothing: read cases off the reports
             cases = defaultdict(set)
-            for nodeid in self.outcomes:
-                file, _, name = nodeid.partition("::")
-                if Path(file).suffix in SUFFIXES:
-                    cases[file].add(name.split("[")[0])
-        if not cases or self.config.option.collectonly:
+            for nodeid in self.shardspec_nodeids():
+                rec = self.records.get(nodeid)
+                if rec is not None:
+                    cases[rec["file"]].add(rec["case"])
+                else:
+                    cases[nodeid.split("::")[0]].add(nodeid.partition("::")[2].split("[")[0])
+        if not cases:
             return
-        tr = terminalreporter
-        if self.unchecked:
+        ran = [nodeid for nodeid in self.ran if nodeid in self.records]
+        notes = summary.unchecked(self.records, ran)
+        if notes:
             tr.section("shardspec: checks not made", sep="-")
-            for nodeid, note in self.unchecked:
-                tr.line(f"{nodeid}: {note}")
+            for line in notes:
+                tr.line(line)
+        elif ran:
+            tr.write_line("shardspec: every check was made")
+        others = [n for n in self.shardspec_nodeids() if n not in self.records]
+        results = summary.results(self.records, self.outcomes, self.durations, others)
+        if results:
+            tr.section("shardspec: results per device count", sep="-")
+            for line in results:
+                tr.line(line)
+            reasons = summary.skip_reasons(self.records, self.skips)
+            if reasons:
+                tr.line("skip reasons (count, reason, cases):")
+                for line in reasons:
+                    tr.line(line)
         per_file: dict[str, Counter] = defaultdict(Counter)
         for nodeid, outcome in self.outcomes.items():
             per_file[nodeid.split("::")[0]][outcome] += 1
@@ -277,6 +316,45 @@ def _expand(case: Case, engine: str, n: int, max_elements: int) -> list[Variant]
         return [variant]
 
 
+def _strict_markers(config: pytest.Config) -> bool:
+    if getattr(config.option, "strict_markers", False):
+        return True
+    for name in ("strict_markers", "strict"):  # ini options, in the pytest versions that have them
+        try:
+            if config.getini(name):
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def registered_marks(config: pytest.Config) -> frozenset[str] | None:
+    """The registered marker names when pytest runs with --strict-markers, else None."""
+    if not _strict_markers(config):
+        return None
+    lines = config.getini("markers")
+    return frozenset(line.split(":")[0].split("(")[0].strip() for line in lines)
+
+
+def _mark(item: pytest.Item, name: str) -> pytest.MarkDecorator:
+    """``pytest.mark.NAME``; an unregistered name warns at the spec's line, not at ours."""
+    registered = {line.split(":")[0].split("(")[0].strip() for line in item.config.getini("markers")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+        mark = getattr(pytest.mark, name)
+    if name not in registered:
+        case = item.variant.case  # type: ignore[attr-defined]
+        where = case.locate(("marks",))
+        item.warn(
+            pytest.PytestUnknownMarkWarning(
+                f"{case.doc.path}:{where.line}: unknown mark '{name}' in case '{case.id}': a "
+                "typo? Register it under markers in the pytest configuration "
+                "(--strict-markers makes this an error)"
+            )
+        )
+    return mark
+
+
 class SpecItem(pytest.Item):
     """Base of shardspec's items: their failures are complete messages, not tracebacks."""
 
@@ -308,41 +386,34 @@ class CaseItem(SpecItem):
         super().__init__(**kwargs)
         self.variant = variant
         self.file_problems = file_problems
-        data = variant.case.data
-        if variant.problems or file_problems:
+        self.user_properties.append(
+            coverage.record(variant, self.nodeid, broken=bool(file_problems))
+        )
+        self.verdict = verdict(variant, file_problems, registered_marks(self.config))
+        if self.verdict.kind == "error":
             return  # a broken case fails: no skip, xfail or mark may hide it
-        # pytest folds skip marks per file in -rs, so the reason names the case.
-        if variant.skip:
-            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {variant.skip}"))
-        elif isinstance(data.get("skip"), str):
-            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {data['skip']}"))
-        xfail = data.get("xfail")
-        if isinstance(xfail, dict) and isinstance(xfail.get("reason"), str):
-            # raises=CaseFailed: a broken spec or a dead worker is never an "expected" failure.
-            self.add_marker(
-                pytest.mark.xfail(
-                    reason=xfail["reason"],
-                    strict=xfail.get("strict", True) is not False,
-                    raises=CaseFailed,
-                )
-            )
-        for name in data.get("marks") or []:
+        if self.verdict.kind == "skip":
+            # pytest folds skip marks per file in -rs, so the reason names the case.
+            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {self.verdict.reason}"))
+        xfail = self.verdict.xfail
+        if xfail is not None:
+            # raises=CaseFailed: a broken spec, a dead worker, or a failure of checks that
+            # the xfail does not name is never an "expected" failure.
+            self.add_marker(pytest.mark.xfail(reason=xfail.reason, strict=xfail.strict, raises=CaseFailed))
+        for name in variant.case.data.get("marks") or []:
             if isinstance(name, str) and name.isidentifier():
-                self.config.addinivalue_line("markers", f"{name}: declared in spec files")
-                self.add_marker(getattr(pytest.mark, name))
+                self.add_marker(_mark(self, name))
 
     def runtest(self) -> None:
         run = self.config.stash[RUN_KEY]
         variant = self.variant
-        if self.file_problems:
+        if self.verdict.file_broken:
             raise ShardspecFailure(
                 f"not run: its spec file has errors (see {self.path.name}::{FILE_ITEM}):\n"
-                + report.problems(self.file_problems)
+                + report.problems(self.verdict.problems)
             )
-        if variant.problems:
-            raise ShardspecFailure(report.problems(variant.problems))
-        for note in variant.unchecked:
-            run.unchecked.append((self.nodeid, note))
+        if self.verdict.kind == "error":
+            raise ShardspecFailure(report.problems(self.verdict.problems))
         request = dict(
             variant.request or {}, case=f"{variant.case.doc.path}::{variant.case.id}", n=variant.n
         )
@@ -352,8 +423,13 @@ class CaseItem(SpecItem):
         except WorkerFault as fault:
             raise ShardspecFailure(report.fault(variant, str(fault), fault.tail)) from None
         failures = check(variant, reply.observation)
-        if failures:
-            raise CaseFailed(report.failures(variant, failures))
+        if not failures:
+            return
+        text = report.failures(variant, failures)
+        xfail = self.verdict.xfail
+        if xfail is not None and not xfail.holds_for(failed_checks(failures)):
+            raise ShardspecFailure(report.unexpected(xfail.checks or (), failures) + "\n\n" + text)
+        raise CaseFailed(text)
 
     def reportinfo(self):
         return (

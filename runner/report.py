@@ -45,6 +45,17 @@ def failures(variant: Variant, found: list[Failure]) -> str:
     return "\n".join(lines)
 
 
+def unexpected(named: tuple[str, ...] | list[str], found: list[Failure]) -> str:
+    """Why a failure under an xfail is not the expected one."""
+    failed = list(dict.fromkeys(f.check for f in found))
+    others = [c for c in failed if c not in named]
+    return (
+        f"not the expected failure: the case's xfail names the checks [{', '.join(named)}], "
+        f"but [{', '.join(others)}] failed too (failed: {', '.join(failed)}); fix the case, "
+        "or name these checks in xfail.checks if this failure is expected as well"
+    )
+
+
 def problems(found: list[Problem]) -> str:
     return "\n".join(str(p) for p in found)
 

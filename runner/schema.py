@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections import defaultdict
@@ -13,6 +12,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from .problems import Mark, Problem
+from .words import did_you_mean
 from .yamlload import Document, JsonPath, short
 
 _PACKAGED = Path(__file__).with_name("spec.schema.json")  # inside an installed wheel
@@ -123,16 +123,6 @@ def where(path: JsonPath) -> str:
             else (f".{short(part, 40)}" if out else short(part, 40))
         )
     return out or "the file"
-
-
-def did_you_mean(word: Any, options: list[str]) -> str:
-    if not isinstance(word, str):
-        return ""
-    lowered = {o.lower(): o for o in options}
-    match = lowered.get(word.lower()) or next(
-        iter(difflib.get_close_matches(word, options, n=1, cutoff=0.6)), None
-    )
-    return f"; did you mean '{match}'?" if match else ""
 
 
 def _types(value: Any) -> str:

@@ -77,6 +77,17 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@dataclass
+class _Merged:
+    """One entry a merge key brings into a map, with the positions of its value."""
+
+    key: str
+    value: Any
+    source: yaml.Node  # the merged map (or its alias), for messages
+    marks: dict[JsonPath, Mark]
+    key_marks: dict[JsonPath, Mark]
+
+
 class _Builder:
     def __init__(self, path: str, max_nodes: int, max_depth: int, max_chars: int):
         self.doc = Document(path, None)
@@ -173,42 +184,118 @@ class _Builder:
         raise self.fail(node, _tag_message(tag))
 
     def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict:
+        if node.flow_style:
+            self.check_split_calls(node, path)
         out: dict[str, Any] = {}
+        merged: list[_Merged] = []
         seen: dict[str, Mark] = {}
-        for key_node, value_node in _rejoin_calls(node):
+        for key_node, value_node in node.value:
             if key_node.tag == _TAG + "merge":
-                self.merge(out, seen, value_node, path, depth)
-                continue
-            if not isinstance(key_node, yaml.ScalarNode):
+                key = "<<"
+            elif not isinstance(key_node, yaml.ScalarNode):
                 raise self.fail(key_node, "a key must be a plain word, not a list or a map")
-            if key_node.tag not in _KEY_TAGS:  # a key is only ever used as text
+            elif key_node.tag not in _KEY_TAGS:  # a key is only ever used as text
                 raise self.fail(key_node, _tag_message(key_node.tag))
-            key = key_node.value
+            else:
+                key = key_node.value
             self.spend(key_node, len(key), values=0)
-            if key in seen and seen[key] != Mark(0, 0):
+            if key in seen:
                 first = seen[key]
+                advice = "merge the maps in one: <<: [*a, *b]" if key == "<<" else "remove or rename one"
                 raise self.fail(
                     key_node,
                     f"duplicate key '{short(key)}' (first at line {first.line}, again at line "
-                    f"{_mark(key_node).line}); each key may appear once in a map: remove or rename one",
+                    f"{_mark(key_node).line}); each key may appear once in a map: {advice}",
                 )
             seen[key] = _mark(key_node)
+            if key_node.tag == _TAG + "merge":
+                merged = self.merge(value_node, path, depth)
+                continue
             self.doc.key_marks[(*path, key)] = _mark(key_node)
             self.doc.marks.pop((*path, key), None)
             out[key] = self.build(value_node, (*path, key), depth + 1)
-        return out
+        if not merged:
+            return out
+        # As YAML loaders do: the merged entries first, in order, then the map's own; a key
+        # written in the map wins, and keeps the place where it first appears.
+        result: dict[str, Any] = {}
+        came_from: dict[str, yaml.Node] = {}
+        for entry in merged:
+            if entry.key in result and entry.key not in out:
+                # Loaders disagree on which merged map wins (PyYAML's answer changed in 6.0.4).
+                lines = f"lines {_mark(came_from[entry.key]).line} and {_mark(entry.source).line}"
+                raise SpecError(
+                    [
+                        Problem(
+                            self.doc.path,
+                            seen["<<"],
+                            f"'{short(entry.key)}' is in more than one of the maps merged here "
+                            f"with '<<' ({lines}), and YAML tools disagree on which one wins; "
+                            "keep it in one of them, or set it in this map",
+                        )
+                    ]
+                )
+            result[entry.key] = entry.value
+            came_from[entry.key] = entry.source
+            if entry.key not in out:  # a merged key keeps its position in the anchored map
+                self.doc.marks.update(entry.marks)
+                self.doc.key_marks.update(entry.key_marks)
+        result.update(out)
+        return result
 
-    def merge(self, out: dict, seen: dict, node: yaml.Node, path: JsonPath, depth: int) -> None:
-        """YAML merge keys (``<<: *defaults``): merged keys never override explicit ones."""
+    def merge(self, node: yaml.Node, path: JsonPath, depth: int) -> list[_Merged]:
+        """The entries a merge key (``<<: *defaults``) brings, in order.
+
+        Each source is built on its own, so that its positions land only where one of its
+        keys is really taken; a key written in the map itself keeps its own position.
+        """
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        entries: list[_Merged] = []
         for source in sources:
-            value = self.build(source, path, depth)
+            marks, key_marks = self.doc.marks, self.doc.key_marks
+            self.doc.marks, self.doc.key_marks = {}, {}
+            try:
+                value = self.build(source, path, depth)
+                built, built_keys = self.doc.marks, self.doc.key_marks
+            finally:
+                self.doc.marks, self.doc.key_marks = marks, key_marks
             if not isinstance(value, dict):
                 raise self.fail(source, "'<<' must be followed by a map (or a list of maps)")
-            for key, item in value.items():
-                if key not in out:
-                    out[key] = item
-                    seen[key] = Mark(0, 0)  # merged keys may be overridden later
+            by_key = {key: _Merged(key, item, source, {}, {}) for key, item in value.items()}
+            for table, name in ((built, "marks"), (built_keys, "key_marks")):
+                for where, mark in table.items():
+                    if len(where) > len(path) and where[len(path)] in by_key:
+                        getattr(by_key[where[len(path)]], name)[where] = mark
+            entries += by_key.values()
+        return entries
+
+    def check_split_calls(self, node: yaml.MappingNode, path: JsonPath) -> None:
+        """Refuse ``{fc1: Linear(128, 64)}``: standard YAML splits it at the comma.
+
+        In a flow map a comma ends the entry, so every YAML reader sees ``fc1: Linear(128``
+        and a second key ``64)`` with no value. shardspec reads it as they do, and says so.
+        """
+        pairs = node.value
+        for i, (key, value) in enumerate(pairs):
+            if not _open_call(value):
+                continue
+            text, cut = value.value, False
+            for more_key, more_value in pairs[i + 1 :]:
+                if text.count("(") <= text.count(")") or not _dangling_key(more_key, more_value):
+                    break
+                text, cut = f"{text}, {more_key.value}", True
+            if not cut:
+                continue  # nothing was cut off: an unclosed '(' is the layer parser's to report
+            call = short(text, 80)
+            name = short(key.value, 40) if isinstance(key, yaml.ScalarNode) else "name"
+            what = "the layers" if path[-1:] == ("module",) else "this map"
+            raise self.fail(
+                value,
+                f"YAML cuts '{call}' in two at its comma, because inside {{ }} a comma starts "
+                f"a new entry. Write {what} in block style, one per line "
+                f"('{name}: {call}' on a line of its own), or put the value in quotes: "
+                f'{{{name}: "{call}"}}',
+            )
 
 
 def _tag_message(tag: str) -> str:
@@ -220,6 +307,7 @@ def _tag_message(tag: str) -> str:
 
 
 def _open_call(node: yaml.Node) -> bool:
+    """A plain scalar with more '(' than ')': the start of a call cut at a comma."""
     return (
         isinstance(node, yaml.ScalarNode)
         and node.style in (None, "")  # plain (the C loader says "")
@@ -227,37 +315,15 @@ def _open_call(node: yaml.Node) -> bool:
     )
 
 
-def _rejoin_calls(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-    """Undo YAML's split of ``{fc1: Linear(128, 64)}`` at the comma inside the call.
-
-    In a flow map, the comma ends the entry, leaving ``Linear(128`` and a key ``64)``
-    with no value. A plain value with an open parenthesis takes such keys back.
-    """
-    pairs = list(node.value)
-    if not node.flow_style:
-        return pairs
-    out = []
-    i = 0
-    while i < len(pairs):
-        key, value = pairs[i]
-        i += 1
-        if _open_call(value):
-            text = value.value
-            while text.count("(") > text.count(")") and i < len(pairs):
-                more_key, more_value = pairs[i]
-                if not (
-                    isinstance(more_key, yaml.ScalarNode)
-                    and more_key.style in (None, "")
-                    and isinstance(more_value, yaml.ScalarNode)
-                    and more_value.tag == _TAG + "null"
-                    and more_value.value == ""
-                ):
-                    break
-                text += ", " + more_key.value
-                i += 1
-            value = yaml.ScalarNode(_TAG + "str", text, value.start_mark, value.end_mark)
-        out.append((key, value))
-    return out
+def _dangling_key(key: yaml.Node, value: yaml.Node) -> bool:
+    """A plain key with no value at all: what is left of a call after its comma."""
+    return (
+        isinstance(key, yaml.ScalarNode)
+        and key.style in (None, "")
+        and isinstance(value, yaml.ScalarNode)
+        and value.tag == _TAG + "null"
+        and value.value == ""
+    )
 
 
 def load_text(
@@ -373,6 +439,9 @@ _HINTS = {
 }
 
 
+_UNCLOSED = re.compile(r"expected ',' or '[\]}]'")
+
+
 def _syntax_problem(path: str, exc: yaml.MarkedYAMLError, text: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
@@ -388,6 +457,19 @@ def _syntax_problem(path: str, exc: yaml.MarkedYAMLError, text: str) -> Problem:
             where,
             f"the anchor {anchor} is defined twice (first at line {exc.context_mark.line + 1}, "
             f"again at line {where.line}); rename one",
+        )
+    opener = _UNCLOSED.search(problem)
+    if opener and exc.context_mark and (exc.context or "").startswith("while parsing a flow"):
+        # The parser notices only where it gives up (often the next line): point at the
+        # '[' or '{' that is not closed instead, and say where the parser stopped.
+        start = Mark(exc.context_mark.line + 1, exc.context_mark.column + 1)
+        hint = _HINTS[opener.group(0)]
+        stopped = f"line {where.line}" if where.line != start.line else f"column {where.col}"
+        which = "list" if opener.group(0).endswith("']'") else "map"
+        return Problem(
+            path,
+            start,
+            f"this is not valid YAML: {hint} (the {which} starts here; YAML gave up at {stopped})",
         )
     hint = _HINTS.get(problem) or next((h for p, h in _HINTS.items() if p in problem), None)
     if hint is None and mark and _tab_near(text, mark.line, mark.column):

