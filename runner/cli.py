@@ -330,7 +330,9 @@ def cmd_fill(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
     changed_cases = changed_files = errors = 0
     for path, shown in files:
-        result = fill_file(path, shown, args.devices, write=not args.check)
+        result = fill_file(
+            path, shown, args.devices, write=not args.check, sharding_spec=args.sharding_spec
+        )
         for line in result.lines:
             print(line)
         errors += result.errors
@@ -465,7 +467,9 @@ def parser() -> argparse.ArgumentParser:
         "(comments, order, layout). global_shape copies input.shape as written (n and\n"
         "all); local_shape is written only where it can hold at every device count the\n"
         "case runs at. Cases expecting an error, module cases and cases that already\n"
-        "declare both are left alone.",
+        "declare both are left alone. With --sharding-spec, also write sharding_spec:\n"
+        "torch_xla's sharding string for the layout, predicted without a device, as a\n"
+        "map from device count to string.",
     )
     paths(p)
     devices(p, "device counts the written shapes must hold at, comma-separated")
@@ -473,6 +477,12 @@ def parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="change nothing; exit with status 1 if a file would change, naming the cases",
+    )
+    p.add_argument(
+        "--sharding-spec",
+        action="store_true",
+        help="also write expect.sharding_spec: the XLA sharding string for DTensor's layout, "
+        "as a map by device count (every case checks it unasked; this pins it in the file)",
     )
     p.set_defaults(run=cmd_fill)
 

@@ -36,11 +36,16 @@ SHORT = {
     "xpassed": "XPASS",
     "xpassed strict": "XPASS",
 }
-# The outcomes that mean the layout ran on a device (a broken spec's FAIL does not).
+# The outcomes that mean the layout ran on a device and was checked (a broken spec's FAIL
+# does not, nor does an expected error: the layout was refused, not exercised).
 RAN = {"passed", "failed", "xfailed", "xpassed", "xpassed strict"}
 LEGEND = (
     ("pass", "ran on the device and every check held"),
-    (EXPECTED_ERROR, "raised the error the case expects (expect: error); not a pass of the layout"),
+    (
+        EXPECTED_ERROR,
+        "raised the error the case expects (expect: error): the layout was refused, as the "
+        "case says; not counted as coverage",
+    ),
     ("xfail", "a known divergence (xfail:): failed as the case says it does"),
     ("FAIL", "failed: a check did not hold, the spec has errors, or the worker died"),
     ("XPASS", "marked xfail but passed (with strict: true, that fails the run)"),
@@ -48,7 +53,7 @@ LEGEND = (
     ("skip", "not run at this device count (requires:, skip:); never counted as coverage"),
     ("not run", "selected, but the run ended without an outcome for it"),
     ("-", "no test of this row at this device count"),
-    ("GAP", "(gaps grid) no test of this layout ran on a device"),
+    ("GAP", "(gaps grid) no test of this layout ran on a device and was checked"),
 )
 
 
@@ -128,7 +133,10 @@ def word(rec: dict[str, Any], outcome: str) -> str:
 
 
 def covers(rec: dict[str, Any], outcome: str) -> bool:
-    """Whether the test exercised its layout on a device (skips and broken specs don't)."""
+    """Whether the test exercised its layout on a device: skips, broken specs and expected
+    errors don't."""
+    if outcome == "passed" and rec.get("expects_error"):
+        return False
     return outcome in RAN and not rec.get("broken")
 
 
@@ -257,7 +265,7 @@ class Matrix:
             ),
             (
                 "Gaps: tests that ran on a device, per mesh rank and evenness, by dtype "
-                "(skips don't count)",
+                "(skips and expected errors don't count)",
                 ["layout", *DTYPES],
                 grid_rows,
             ),

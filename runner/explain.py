@@ -188,7 +188,7 @@ def module_lines(case: Case, variant: Variant) -> list[str]:
             placed = variant.param_layouts.get(param)
             if placed is None:
                 rows.append(
-                    [param, str(list(shape)), "-", "none", "not sharded (no rule matches)", "-"]
+                    [param, str(list(shape)), "-", "none", "not sharded (no rule matches)", ""]
                 )
                 continue
             rows.append(

@@ -47,14 +47,25 @@ class Broken(Exception):
     """A case that can't be filled until its problems are fixed."""
 
 
-def shapes_for(case: Case, counts: tuple[int, ...]) -> tuple[dict[str, Any], str | None]:
-    """The keys to add (in order) and, when one can't be added, why; raises Broken."""
+def shapes_for(
+    case: Case, counts: tuple[int, ...], sharding_spec: bool = False
+) -> tuple[dict[str, Any], str | None]:
+    """The keys to add (in order) and, when one can't be added, why; raises Broken.
+
+    With ``sharding_spec``, also torch_xla's sharding string as predicted for DTensor's
+    layout, as a map by n (the device ids are in the string, so it changes with n).
+    """
     expect = case.data.get("expect") or {}
     if case.problems:
         raise Broken("not filled: it has problems; run `shardspec validate` first")
     if case.kind != "tensor" or "error" in expect:
         return {}, None
-    wanted = [k for k in ("global_shape", "local_shape", "sharding_spec") if k not in expect]
+    keys = (
+        ("global_shape", "local_shape", "sharding_spec")
+        if sharding_spec
+        else ("global_shape", "local_shape")
+    )
+    wanted = [k for k in keys if k not in expect]
     if "local_shapes" in expect and "local_shape" in wanted:
         wanted.remove("local_shape")
     if not wanted:
@@ -138,7 +149,9 @@ def _insertion(
     return last + 1, 0, lead + block
 
 
-def fill_file(path: Path, shown: str, counts: tuple[int, ...], *, write: bool) -> FillResult:
+def fill_file(
+    path: Path, shown: str, counts: tuple[int, ...], *, write: bool, sharding_spec: bool = False
+) -> FillResult:
     """Fill one file (or, with ``write=False``, say what would change)."""
     result = FillResult()
     spec = read(path, shown)
@@ -159,7 +172,7 @@ def fill_file(path: Path, shown: str, counts: tuple[int, ...], *, write: bool) -
     for case in spec.cases:
         where = f"{shown}:{case.mark.line}:{case.mark.col}: {case.id}"
         try:
-            keys, note = shapes_for(case, counts)
+            keys, note = shapes_for(case, counts, sharding_spec)
         except Broken as exc:
             result.lines.append(f"{where}: {exc}")
             result.errors += 1

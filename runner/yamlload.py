@@ -83,7 +83,7 @@ class _Merged:
 
     key: str
     value: Any
-    source: yaml.Node  # the merged map (or its alias), for messages
+    source: yaml.Node  # the merged map (an alias gives the anchored map), for messages
     marks: dict[JsonPath, Mark]
     key_marks: dict[JsonPath, Mark]
 
@@ -201,7 +201,9 @@ class _Builder:
             self.spend(key_node, len(key), values=0)
             if key in seen:
                 first = seen[key]
-                advice = "merge the maps in one: <<: [*a, *b]" if key == "<<" else "remove or rename one"
+                advice = (
+                    "merge the maps in one: <<: [*a, *b]" if key == "<<" else "remove or rename one"
+                )
                 raise self.fail(
                     key_node,
                     f"duplicate key '{short(key)}' (first at line {first.line}, again at line "

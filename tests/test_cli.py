@@ -113,7 +113,13 @@ def test_validate_json_when_clean(repo: Path, capsys) -> None:
     assert code == 0
     document = json.loads(out)
     assert document["problems"] == []
-    assert document["counts"] == {"files": 1, "cases": 3, "problems": 0, "files_with_problems": 0}
+    assert document["counts"] == {
+        "files": 1,
+        "cases": 3,
+        "problems": 0,
+        "files_with_problems": 0,
+        "warnings": 0,
+    }
 
 
 def test_validate_searches_folders_but_not_hidden_ones(workdir: Path, capsys) -> None:
@@ -463,6 +469,25 @@ def test_fill_writes_numbers_for_a_case_that_runs_at_one_count(workdir: Path, ca
     assert spec.read_text().endswith(
         "    expect:\n      global_shape: [7, 3]\n      local_shape: [2, 3]\n"
     )
+
+
+def test_fill_writes_the_predicted_sharding_spec_by_n(workdir: Path, capsys) -> None:
+    spec = write(
+        workdir / "specs" / "specs.yaml",
+        "version: 1\ncases:\n  - id: grid\n    requires: {devices_divisible_by: 2}\n"
+        "    mesh: [2, n/2]\n    placements: [Replicate(), Shard(0)]\n"
+        "    input: {shape: [n, 3]}\n    expect: {global_shape: [n, 3]}\n",
+    )
+    code, out, _ = run(capsys, "fill", "--sharding-spec", "--devices", "2,4,8")
+    assert code == 0, out
+    assert spec.read_text().endswith(
+        # at n=2 the mesh is [2, 1]: the rows are split over an axis of one device
+        '    expect: {local_shape: [2, 3], sharding_spec: {2: "{replicated}", '
+        '4: "{devices=[2,1,2]0,2,1,3 last_tile_dim_replicate}", '
+        '8: "{devices=[4,1,2]0,4,1,5,2,6,3,7 last_tile_dim_replicate}"}, global_shape: [n, 3]}\n'
+    )
+    assert run(capsys, "validate", "--devices", "2,4,8")[0] == 0
+    assert run(capsys, "fill", "--check", "--sharding-spec", "--devices", "2,4,8")[0] == 0
 
 
 def test_fill_leaves_a_broken_file_alone(workdir: Path, capsys) -> None:

@@ -1,8 +1,9 @@
 """Fuzzing the loader, validator, expander and parsers with Hypothesis.
 
 Whatever the input, the pure pipeline returns problems (or raises SpecError from the
-loader, its documented refusal), the parsers raise only their own errors, and no input
-takes over 2 s. The whole file stays under 20 s; set SHARDSPEC_FUZZ_SCALE=50 to fuzz longer.
+loader, its documented refusal) and the parsers raise only their own errors. Nothing here
+asserts how long an input takes (bench/ measures speed); set SHARDSPEC_FUZZ_SCALE=50 to
+fuzz longer.
 """
 
 from __future__ import annotations
@@ -95,14 +96,14 @@ SEEDS = [
 DEVICES = list(range(1, 9))
 
 _BASE = settings(
-    deadline=2000,  # ms: no single input may take longer
+    deadline=None,  # no wall-clock limit per input: a loaded machine must not fail the test
     database=None,  # nothing written into the checkout
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
 def fuzz(examples: int) -> settings:
-    # SHARDSPEC_FUZZ_SCALE=50 fuzzes longer, by hand; CI keeps the file near 20 s.
+    # SHARDSPEC_FUZZ_SCALE=50 fuzzes longer, by hand.
     return settings(_BASE, max_examples=examples * int(os.environ.get("SHARDSPEC_FUZZ_SCALE", "1")))
 
 

@@ -235,16 +235,14 @@ def test_a_split_call_is_found_before_its_pieces_look_like_duplicate_keys(loader
     "text",
     [
         "module:\n  fc1: Linear(128, 64)\n  relu: ReLU()\n  fc2: Linear(64, 1, bias=false)\n",
-        'module: {fc1: "Linear(128, 64)", relu: ReLU(), fc2: \'Linear(64, 1, bias=false)\'}\n',
+        "module: {fc1: \"Linear(128, 64)\", relu: ReLU(), fc2: 'Linear(64, 1, bias=false)'}\n",
         "module: {relu: ReLU(), norm: LayerNorm(8)}\n",  # no comma inside a call: fine
     ],
 )
 def test_block_style_or_quoted_calls_mean_the_same_everywhere(loader, text):
     doc = load_text(text)
     assert doc.data == yaml.safe_load(text)
-    assert all(
-        layer.count("(") == layer.count(")") == 1 for layer in doc.data["module"].values()
-    )
+    assert all(layer.count("(") == layer.count(")") == 1 for layer in doc.data["module"].values())
 
 
 def test_an_unclosed_call_without_a_comma_is_left_to_the_layer_parser(loader):

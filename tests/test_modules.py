@@ -70,6 +70,24 @@ cases:
     module: {fc1: "Linear(8, 4)"}
     shard:
       - {params: "*", placements: [Shard(1)]}
+  - id: replicated_bias
+    kind: module
+    mesh: [n]
+    module: {fc1: "Linear(8, 4)"}
+    shard:
+      - {params: "fc1.weight", placements: [Shard(0)]}
+      - {params: "fc1.bias", placements: [Replicate()]}
+    expect:
+      sharded_params: [fc1.weight]
+      replicated_params: [fc1.bias]
+  - id: replicated_listed_as_unsharded
+    kind: module
+    mesh: [n]
+    module: {fc1: "Linear(8, 4)"}
+    shard:
+      - {params: "fc1.bias", placements: [Replicate()]}
+    expect:
+      unsharded_params: [fc1.weight, fc1.bias]
 """
 
 
@@ -77,12 +95,18 @@ def test_module_cases(pytester: pytest.Pytester) -> None:
     (pytester.path / "specs").mkdir()
     (pytester.path / "specs" / "modules.yaml").write_text(textwrap.dedent(MODULES).lstrip())
     result = pytester.runpytest("--devices", "2")
-    result.assert_outcomes(passed=2, failed=5)
+    result.assert_outcomes(passed=3, failed=6)
     out = result.stdout.str()
+    # A claim that contradicts the shard rules is a spec problem, found before anything runs.
     assert (
-        "specs/modules.yaml:30:23: expect.sharded_params\n"
-        "  expected: a sharding annotation on each\n"
-        "  actual:   no annotation on fc2.weight"
+        "specs/modules.yaml:30:36: 'fc2.weight' is in sharded_params, but no shard rule "
+        "matches it, so it stays a plain tensor without a sharding annotation; list it under "
+        "unsharded_params"
+    ) in out
+    assert (
+        "specs/modules.yaml:81:38: 'fc1.bias' is in unsharded_params, but shard rule [0] "
+        "places it with [Replicate()], which gives it the annotation {replicated}; list it "
+        "under replicated_params instead (or change the rule)"
     ) in out
     assert (
         "specs/modules.yaml:38:24: 'fc1.wieght' is not a parameter of this module; "

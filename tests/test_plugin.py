@@ -135,7 +135,7 @@ def test_seed_cases_run_on_xla_and_bad_files_fail_alone(pytester: pytest.Pyteste
     result.assert_outcomes(passed=8 + 2, skipped=4, failed=1 + 2)
     assert_lines(
         result,
-        "specs/broken.yaml:5:1: this is not valid YAML",
+        "specs/broken.yaml:4:11: this is not valid YAML",
         "specs/one_bad_case.yaml:9:5: unknown key 'placments'; did you mean 'placements'?",
         "SKIPPED [2] specs/distribute_tensor.yaml: shard_1d: requires min_devices: 2, but this run has n=1",
         "SKIPPED [2] specs/distribute_tensor.yaml: shard_2d_mesh: requires min_devices: 2, but this run has n=1",
@@ -198,7 +198,7 @@ def test_xla_observations_are_judged_with_located_messages(pytester: pytest.Pyte
         "specs/judged.yaml:14:5: distribute_tensor raised an error\n"
         "  expected: no error\n"
         "  actual:   ValueError: Unsupported placement type: Partial",
-        "specs/judged.yaml::spec_by_count[xla-n4-nograd]: sharding_spec (no entry for n=4)",
+        "specs/judged.yaml::spec_by_count[xla-n4-nograd]: expect.sharding_spec (no entry for n=4)",
     )
     assert "Traceback" not in out
     # Without the xfail mark, the divergence shows as a per-device table.
