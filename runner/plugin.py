@@ -89,7 +89,11 @@ class Run:
     def device_counts(self) -> tuple[int, ...]:
         """The counts to run: --devices, or the runtime's own count when PJRT_DEVICE is set."""
         if self._counts is None:
-            if self.user_pjrt:
+            if self.user_pjrt and self.config.option.collectonly:
+                # Collecting must not start torch_xla (6.5 s, and a TPU may be busy): name
+                # the count the runtime would report when it can be read off the environment.
+                self._counts = self._counts_without_runtime()
+            elif self.user_pjrt:
                 worker = self.pool.worker("xla", 0)
                 count = int(worker.info["devices"])
                 self.pool.workers[("xla", count)] = self.pool.workers.pop(("xla", 0))
@@ -97,6 +101,15 @@ class Run:
             else:
                 self._counts = self.requested
         return self._counts
+
+    def _counts_without_runtime(self) -> tuple[int, ...]:
+        """--devices if given; else CPU_NUM_DEVICES for PJRT_DEVICE=CPU; else the default."""
+        if self.config.getoption("shardspec_devices"):
+            return self.requested
+        cpu = os.environ.get("CPU_NUM_DEVICES", "")
+        if os.environ.get("PJRT_DEVICE", "").upper() == "CPU" and cpu.isdigit() and int(cpu) > 0:
+            return (int(cpu),)
+        return self.requested
 
     # -- hooks: Run is registered as a plugin, so the ledger lives with the session --
 
@@ -163,11 +176,13 @@ class Run:
             matrix.write(self.report_path)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.config.option.collectonly or hasattr(self.config, "workerinput"):
+        if hasattr(self.config, "workerinput"):
             return
         tr = terminalreporter
         if self.report_path is not None:
             tr.write_line(f"shardspec: coverage report written to {self.report_path}")
+        if self.config.option.collectonly:
+            return
         cases = self.cases
         if not cases:  # the xdist controller collects nothing: read cases off the reports
             cases = defaultdict(set)
@@ -338,7 +353,9 @@ def registered_marks(config: pytest.Config) -> frozenset[str] | None:
 
 def _mark(item: pytest.Item, name: str) -> pytest.MarkDecorator:
     """``pytest.mark.NAME``; an unregistered name warns at the spec's line, not at ours."""
-    registered = {line.split(":")[0].split("(")[0].strip() for line in item.config.getini("markers")}
+    registered = {
+        line.split(":")[0].split("(")[0].strip() for line in item.config.getini("markers")
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
         mark = getattr(pytest.mark, name)
@@ -399,7 +416,9 @@ class CaseItem(SpecItem):
         if xfail is not None:
             # raises=CaseFailed: a broken spec, a dead worker, or a failure of checks that
             # the xfail does not name is never an "expected" failure.
-            self.add_marker(pytest.mark.xfail(reason=xfail.reason, strict=xfail.strict, raises=CaseFailed))
+            self.add_marker(
+                pytest.mark.xfail(reason=xfail.reason, strict=xfail.strict, raises=CaseFailed)
+            )
         for name in variant.case.data.get("marks") or []:
             if isinstance(name, str) and name.isidentifier():
                 self.add_marker(_mark(self, name))

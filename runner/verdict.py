@@ -13,7 +13,7 @@ from typing import Literal
 
 from .expand import Variant
 from .problems import Problem
-from .words import did_you_mean
+from .words import close_match
 
 Kind = Literal["run", "skip", "xfail", "error"]
 
@@ -63,12 +63,17 @@ def marker_problems(variant: Variant, registered: Collection[str] | None) -> lis
     out = []
     for i, name in enumerate(marks):
         if isinstance(name, str) and name not in registered:
+            close = close_match(name, sorted(registered))
+            fix = (
+                f"did you mean '{close}'? If not, register it"
+                if close
+                else "fix the name, or register it"
+            )
             out.append(
                 variant.case.problem(
                     ("marks", i),
                     f"the marker '{name}' is not registered, and pytest runs with "
-                    f"--strict-markers{did_you_mean(name, sorted(registered))}; fix the "
-                    "name, or register it under markers in the pytest configuration "
+                    f"--strict-markers; {fix} under markers in the pytest configuration "
                     "(pyproject.toml's [tool.pytest.ini_options])",
                 )
             )

@@ -224,6 +224,21 @@ def test_runtime_device_count_is_used_when_pjrt_device_is_set(
     result.stdout.fnmatch_lines(["*specs/a.yaml::rows[[]xla-n2-nograd[]] PASSED*"])
 
 
+def test_collect_only_with_pjrt_device_starts_no_worker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No TPU here: a worker started for this would fail (or hang) instead of listing items.
+    monkeypatch.setenv("PJRT_DEVICE", "TPU")
+    write(pytester, "specs/a.yaml", GOOD)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", timeout=120)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["specs/a.yaml::rows[[]xla-n4-nograd[]]"])
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.setenv("CPU_NUM_DEVICES", "2")
+    result = pytester.runpytest_subprocess("--collect-only", "-q", timeout=120)
+    result.stdout.fnmatch_lines(["specs/a.yaml::rows[[]xla-n2-nograd[]]"])
+
+
 def test_coverage_report_in_markdown_and_html(pytester: pytest.Pytester) -> None:
     write(
         pytester,
