@@ -19,7 +19,7 @@ from .check import check, failed_checks
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
 from .problems import Problem
-from .spec import ENGINES, SUFFIXES, Case, read
+from .spec import ENGINES, SUFFIXES, read
 from .verdict import verdict
 
 DEFAULT_DEVICES = (4,)
@@ -308,27 +308,13 @@ class SpecFile(pytest.File):
             ledger.add(case.id)
             for engine in ENGINES:
                 for n in run.device_counts():
-                    for variant in _expand(case, engine, n, run.max_elements):
+                    for variant in expand(case, engine, n, max_elements=run.max_elements):
                         yield CaseItem.from_parent(
                             self,
                             name=f"{case.id}[{variant.name}]",
                             variant=variant,
                             file_problems=spec.problems,
                         )
-
-
-def _expand(case: Case, engine: str, n: int, max_elements: int) -> list[Variant]:
-    try:
-        return expand(case, engine, n, max_elements=max_elements)
-    except Exception as exc:
-        variant = Variant(case, engine, n, None)
-        variant.problems = [
-            case.problem(
-                (),
-                f"shardspec could not expand this case ({type(exc).__name__}: {exc}); please report it",
-            )
-        ]
-        return [variant]
 
 
 def _strict_markers(config: pytest.Config) -> bool:
