@@ -32,6 +32,10 @@ class Failure:
 
 
 def check(variant: Variant, obs: Observation) -> list[Failure]:
+    if variant.program is not None:
+        from .check_steps import check_steps  # it builds on this module's helpers
+
+        return check_steps(variant, obs)  # type: ignore[arg-type]
     if variant.case.kind == "module":
         return _check_module(variant, obs)  # type: ignore[arg-type]
     return _check_tensor(variant, obs)  # type: ignore[arg-type]

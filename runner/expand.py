@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from . import expectations, oracle, xla_sharding
+from . import expectations, oracle, program, xla_sharding
 from .expectations import Collected, Expect, ParamLayout
 from .layers import Layer, LayerError, chain_problem, parse_layer
 from .problems import Problem
+from .program import Program
 from .protocol import ModuleRequest, Request, TensorRequest
 from .requires import requires_hint, unmet_requirement
 from .resolve import Invalid, Resolver
@@ -32,7 +33,17 @@ DEFAULT_MAX_ELEMENTS = 1 << 26
 MAX_DEVICES = 4096
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
 # The checks made unasked (DESIGN.md settled point 14); `checks:` turns one off.
-CHECKS = ("type", "global_shape", "shards", "values", "requires_grad", "is_leaf", "sharding_spec")
+CHECKS = (
+    "type",
+    "global_shape",
+    "placements",
+    "shards",
+    "values",
+    "reference",
+    "requires_grad",
+    "is_leaf",
+    "sharding_spec",
+)
 
 
 def parse_device_counts(text: str) -> tuple[int, ...]:
@@ -68,6 +79,7 @@ class Variant:
     unchecked: list[str] = field(default_factory=list)
     # torch_xla's sharding string for this layout, as DTensor means it (None: no prediction)
     predicted_spec: str | None = None
+    program: Program | None = None  # a v1.1 case: its steps, values and expectations
 
     @property
     def name(self) -> str:
@@ -82,7 +94,7 @@ class Variant:
 
 def grad_flags(case: Case) -> list[bool | None]:
     """One entry per test the case's requires_grad asks for (None for modules)."""
-    if case.kind != "tensor":
+    if case.kind != "tensor" or "tensors" in case.data:
         return [None]
     inp = case.data.get("input")
     # Cases with schema problems get here too, so input may be anything.
@@ -137,10 +149,26 @@ def _plan(variant: Variant, max_elements: int) -> None:
     found = Collected(r)
     if variant.case.kind == "module":
         _plan_module(variant, r, found, max_elements)
+    elif program.is_steps_case(data):
+        _plan_steps(variant, r, max_elements)
     else:
         _plan_tensor(variant, r, found, max_elements)
     variant.expects = found.expects
-    variant.unchecked = found.unchecked
+    variant.unchecked = found.unchecked + r.notes
+
+
+def _plan_steps(variant: Variant, r: Resolver, max_elements: int) -> None:
+    plan = program.build(r, variant.requires_grad, max_elements)
+    variant.program = plan
+    variant.request = plan.request
+    variant.description.update(
+        mesh=plan.request["mesh"], steps=[s.text for s in plan.steps], kind="steps"
+    )
+    if plan.engines is not None and variant.engine not in plan.engines:
+        variant.skip = (
+            f"{plan.xla_only_call}() is a call of engine {', '.join(sorted(plan.engines))} "
+            f"only; engine {variant.engine} has none"
+        )
 
 
 def _seed(case: Case) -> int:

@@ -11,6 +11,7 @@ from .expand import Variant
 from .layers import Layer
 from .oracle import ShardLayout
 from .placements import Placement
+from .program import ValuePlan
 from .report import table
 from .requires import runs_at
 from .spec import Case, SpecFile
@@ -205,6 +206,72 @@ def module_lines(case: Case, variant: Variant) -> list[str]:
     return lines
 
 
+def _value_line(name: str, plan: ValuePlan, mesh: list[int], pad: str = "    ") -> list[str]:
+    """One value: its inferred shape and dtype, its placements and DTensor's pieces."""
+    info = plan.info
+    if info is None:
+        return [f"{pad}{name}: (no value)"]
+    shape = "shape unknown" if info.shape is None else f"{list(info.shape)}"
+    kind = "DTensor" if info.dtensor else "tensor"
+    line = f"{pad}{name}: {kind} {shape} {info.dtype}"
+    if plan.asked is not None:
+        line += f", placements [{', '.join(map(str, plan.asked))}]"
+    if info.requires_grad:
+        line += ", requires grad"
+    out = [line]
+    if plan.layout is not None:
+        out.append(f"{pad}  pieces: {pieces(plan.layout)}")
+        spec = xla_sharding.predict_or_none(mesh, plan.asked, len(info.shape or ()))
+        if spec:
+            out.append(f"{pad}  XLA sharding (predicted): {spec}")
+    for e in plan.expects:
+        out.append(f"{pad}  expect.{e.name}: {show(e.value)}  (line {e.mark.line})")
+    return out
+
+
+def steps_lines(variant: Variant) -> list[str]:
+    """A v1.1 case: its inputs, each step with the value it makes, as worked out here."""
+    program = variant.program
+    assert program is not None
+    mesh = program.request["mesh"]
+    names = program.request.get("mesh_names")
+    axes = ", ".join(
+        f"axis {i}{f' ({names[i]})' if names else ''} has {size}" for i, size in enumerate(mesh)
+    )
+    lines = [f"  mesh        {mesh}: {variant.n} device(s); {axes}", "", "  inputs:"]
+    values = program.values
+    for spec in program.request["tensors"]:
+        lines += _value_line(spec["name"], values[spec["name"]], mesh)
+    lines += ["", "  steps:"]
+    by_step: dict[int, list[str]] = defaultdict(list)
+    for key, plan in values.items():
+        if plan.made_by is not None:
+            by_step[plan.made_by].append(key)
+    for step in program.steps:
+        lines.append(f"   {step.index}. {step.text}  (line {step.mark.line})")
+        if step.error is not None:
+            match = (
+                f" matching /{step.error.value['match']}/" if step.error.value.get("match") else ""
+            )
+            lines.append(
+                f"      must raise {step.error.value['type']}{match}; the steps after it don't run"
+            )
+        for key in by_step.get(step.index, []):
+            label = "its result, read right after it" if key.startswith("@") else key
+            lines += _value_line(label, values[key], mesh, pad="       ")
+    if program.engines is not None:
+        lines += [
+            "",
+            f"  runs on engine {', '.join(sorted(program.engines))} only ({program.xla_only_call}())",
+        ]
+    lines += [
+        "",
+        "  every value is also compared with the reference engine (the same steps on plain CPU",
+        "  tensors), and every distributed value's pieces with DTensor's layout",
+    ]
+    return lines
+
+
 def explain(spec: SpecFile, case: Case, variants: list[Variant]) -> tuple[str, bool]:
     """The text for one case at one n, and whether a layout could be shown."""
     variant = variants[0]
@@ -228,5 +295,10 @@ def explain(spec: SpecFile, case: Case, variants: list[Variant]) -> tuple[str, b
     if found.xfail is not None:
         checks = f"; checks {', '.join(found.xfail.checks)}" if found.xfail.checks else ""
         lines.append(f"  note: expected to fail on XLA (xfail: {found.xfail.reason}{checks})")
-    body = module_lines(case, variant) if case.kind == "module" else tensor_lines(variant)
+    if variant.program is not None:
+        body = steps_lines(variant)
+    elif case.kind == "module":
+        body = module_lines(case, variant)
+    else:
+        body = tensor_lines(variant)
     return "\n".join(lines + body), True

@@ -54,9 +54,6 @@ class ModuleRequest(TypedDict):
     n: NotRequired[int]
 
 
-Request = TensorRequest | ModuleRequest
-
-
 class ErrorInfo(TypedDict):
     """An exception raised by the engine's call, by class name (with its bases)."""
 
@@ -115,4 +112,101 @@ class ModuleObservation(TypedDict, total=False):
     forward: ForwardObservation
 
 
-Observation = TensorObservation | ModuleObservation
+# --- v1.1: steps --------------------------------------------------------------------
+
+
+class InputTensor(TypedDict):
+    """A named input of a steps case, made before the steps (random, seeded)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    placements: list[PlacementJson] | None  # None: a plain tensor (on the engine's device)
+    requires_grad: bool
+    seed: int
+
+
+class StepJson(TypedDict):
+    """One resolved step: a call from the allowlist with JSON-able arguments.
+
+    An argument ``{"value": NAME}`` names a value; placements are PlacementJson lists;
+    sizes are already numbers for this n.
+    """
+
+    index: int
+    line: int
+    target: str | None
+    call: str
+    args: list
+    kwargs: dict
+    error: bool  # the step is expected to raise: the reference skips it; later steps don't run
+    # What the reference engine needs beyond the call: for to_local of a tracked value,
+    # device 0's piece as {"offset": [...], "shape": [...]} (DTensor's layout).
+    piece: NotRequired[dict]
+
+
+class ReadJson(TypedDict):
+    """A value to observe: ``name`` at the end of the steps, or the result of step ``step``."""
+
+    key: str  # "NAME" (at the end) or "@INDEX" (right after step INDEX)
+    name: str | None
+    step: int | None
+    rtol: float  # the relative tolerance the reference comparison is measured with
+    equals: list[str]  # keys of other reads this value is compared with exactly
+    made_by: int | None  # the step that makes the value (None: an input)
+
+
+class StepsRequest(TypedDict):
+    op: Literal["steps"]
+    mesh: list[int]
+    mesh_names: list[str] | None
+    tensors: list[InputTensor]
+    steps: list[StepJson]
+    reads: list[ReadJson]
+    reference: bool  # run the reference engine and compare every read with it
+    case: NotRequired[str]
+    n: NotRequired[int]
+
+
+class ReferenceCompare(TypedDict):
+    """An engine's value against the reference engine's, as measured (the checker judges)."""
+
+    shape: list[int]  # the reference value's shape
+    same_shape: bool
+    max_abs_error: float
+    max_excess: float  # max(|value - ref| - rtol * |ref|): compared with atol by the checker
+    finite: bool
+
+
+class ValueObservation(TypedDict, total=False):
+    """What an engine holds for one value at its read point."""
+
+    type: str  # the exact class name: XLAShardedTensor, DTensor, Tensor
+    mro: list[str]  # the class and its bases, for instance_of
+    shape: list[int]
+    dtype: str
+    requires_grad: bool
+    is_leaf: bool
+    placements: list[PlacementJson]  # from the object's .placements (a DTensor-typed value)
+    placements_error: ErrorInfo  # .placements raised
+    sharding_spec: str  # XLA only; "" when the value carries no annotation
+    shards: list[ShardObservation]  # each device's piece; values_equal against the value
+    reference: ReferenceCompare  # absent when the reference has no such value
+    equals: dict[str, bool]  # read key -> equal exactly (same shape and values)
+    missing: str  # the value does not exist (for example x.grad when no grad flowed)
+
+
+class StepOutcome(TypedDict, total=False):
+    index: int
+    error: ErrorInfo  # the step raised (expected or not)
+
+
+class StepsObservation(TypedDict, total=False):
+    values: dict[str, ValueObservation]  # by read key
+    steps: list[StepOutcome]  # every step that ran, in order
+    reference_error: StepOutcome  # the reference engine raised: the spec is wrong
+    seconds: float
+
+
+Request = TensorRequest | ModuleRequest | StepsRequest
+Observation = TensorObservation | ModuleObservation | StepsObservation

@@ -32,6 +32,7 @@ class Resolver:
     def __init__(self, case: Case, n: int):
         self.case = case
         self.n = n
+        self.notes: list[str] = []  # expectations not checked at this n (a map without it)
 
     def fail(self, path: JsonPath, message: str) -> Invalid:
         return Invalid(self.case.problem(path, message))
@@ -72,28 +73,43 @@ class Resolver:
             return (value[key], (*path, key)) if key in value else None
         return value, path
 
+    def mesh_with_names(self) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
+        """The mesh's sizes, and its axis names when written as {shape: [...], names: [...]}."""
+        raw = self.case.data.get("mesh")
+        names = raw.get("names") if isinstance(raw, dict) else None
+        sizes = self.mesh()
+        if names is not None and len(names) != len(sizes):
+            raise self.fail(
+                ("mesh", "names"),
+                f"mesh.names has {len(names)} name(s) for {len(sizes)} mesh axis/axes; give one "
+                "name per axis",
+            )
+        return sizes, tuple(names) if names is not None else None
+
     def mesh(self) -> tuple[int, ...]:
         data = self.case.data
         if "mesh" not in data:
             raise self.fail((), "the case needs a mesh, such as mesh: [n]")
-        sizes = [
-            self.size(s, ("mesh", i), allow_minus_one=True) for i, s in enumerate(data["mesh"])
-        ]
+        raw = data["mesh"]
+        base: JsonPath = ("mesh",)
+        if isinstance(raw, dict):  # {shape: [...], names: [...]}
+            raw, base = raw.get("shape", []), ("mesh", "shape")
+        sizes = [self.size(s, (*base, i), allow_minus_one=True) for i, s in enumerate(raw)]
         if sizes.count(-1) > 1:
             raise self.fail(
-                ("mesh",), "mesh may hold at most one -1 (the size worked out from the rest)"
+                base, "mesh may hold at most one -1 (the size worked out from the rest)"
             )
         known = math.prod(s for s in sizes if s != -1)
         # A mesh written without n fits one device count only: say which requires that is.
-        fixed = all(isinstance(s, int) for s in data["mesh"])
-        written = f"[{', '.join(map(str, data['mesh']))}]"  # as in the YAML: [2, n/2]
+        fixed = all(isinstance(s, int) for s in raw)
+        written = f"[{', '.join(map(str, raw))}]"  # as in the YAML: [2, n/2]
         if -1 in sizes:
             if self.n % known:
                 skip = (
                     f"requires: {{devices_divisible_by: {known}}}" if fixed else "a requires: entry"
                 )
                 raise self.fail(
-                    ("mesh",),
+                    base,
                     f"mesh {written}: the other sizes multiply to {known}, which does not "
                     f"divide n={self.n}, so -1 can't be worked out; add {skip} to skip it",
                 )
@@ -106,7 +122,7 @@ class Resolver:
                 else ""
             )
             raise self.fail(
-                ("mesh",),
+                base,
                 f"mesh {written} is {' x '.join(map(str, sizes))} = {known} devices, but this "
                 f"run has n={self.n}; the mesh must span all devices (use n, n/2 or -1){only}",
             )

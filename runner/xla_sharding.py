@@ -72,3 +72,22 @@ def predict_or_none(
     if any(p.kind == "partial" for p in placements):
         return None
     return predict(mesh_shape, placements, rank)
+
+
+def placements_from_spec(
+    spec: str, mesh_shape: Sequence[int], rank: int
+) -> tuple[Placement, ...] | None:
+    """DTensor placements on this mesh whose predicted string is ``spec`` (None: none does).
+
+    For a plain tensor that XLA annotated (mark_sharding, or an op's propagated sharding):
+    every candidate is predicted and compared, Replicate first, so that an axis of size 1
+    reads as Replicate(). At most (rank + 1) ** mesh rank candidates: 64 for a 3-D mesh.
+    """
+    options = [Placement("replicate")] + [Placement("shard", d) for d in range(rank)]
+    for choice in itertools.product(options, repeat=len(mesh_shape)):
+        try:
+            if predict(mesh_shape, choice, rank) == spec:
+                return tuple(choice)
+        except ValueError:
+            continue
+    return None

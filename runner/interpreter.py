@@ -1,0 +1,391 @@
+"""Runs the steps of a v1.1 case on an engine, and on the reference: plain CPU tensors.
+
+Imported only inside a worker (it imports torch). The calls come from the allowlist that
+``runner.calls`` checked before anything ran; here they are only carried out. An engine
+supplies a :class:`Backend` (how to make inputs, how the DTensor calls map to its API, how
+to read a value); the op table and the loop are shared, so every engine runs a case the
+same way. The reference engine acts on global values: DTensor calls keep the value
+(``to_local`` gives device 0's piece), and it records values, never judges them.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .protocol import (
+    ErrorInfo,
+    InputTensor,
+    ReadJson,
+    ReferenceCompare,
+    StepJson,
+    StepOutcome,
+    StepsObservation,
+    StepsRequest,
+    ValueObservation,
+)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+# torch.testing.assert_close's default relative tolerances; the checker owns atol.
+RTOL = {torch.float16: 1e-3, torch.bfloat16: 1.6e-2, torch.float32: 1.3e-6, torch.float64: 1e-7}
+
+
+class NoReference:
+    """A reference value that can't be known (``to_local`` of an untracked value)."""
+
+
+NO_REFERENCE = NoReference()
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    return {
+        "type": type(exc).__name__,
+        "bases": [cls.__name__ for cls in type(exc).__mro__],
+        "message": str(exc)[:2000],
+    }
+
+
+def make_input(shape: list[int], dtype: str, seed: int) -> torch.Tensor:
+    """Random values from the seed, never all zeros (the same on every engine)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch_dtype = DTYPES[dtype]
+    if dtype == "bool":
+        x = torch.randint(0, 2, shape, generator=gen).bool()
+        if x.numel():
+            x.view(-1)[0] = True
+    elif dtype.startswith("int"):
+        x = torch.randint(1, 1000, shape, generator=gen, dtype=torch_dtype)
+    else:
+        x = torch.randn(shape, generator=gen, dtype=torch.float32)
+        x = torch.where(x == 0, torch.ones_like(x), x).to(torch_dtype)
+    return x
+
+
+def input_seed(case: str, name: str) -> int:
+    return zlib.crc32(f"{case}::{name}".encode())
+
+
+def _reduce(fn: Callable) -> Callable:
+    def call(t, dim=None, keepdim=False):
+        if dim is None:
+            return fn(t)
+        return fn(t, dim=dim, keepdim=keepdim)
+
+    return call
+
+
+def _amax(t, dim=None, keepdim=False):
+    return torch.amax(t, dim=() if dim is None else dim, keepdim=keepdim)
+
+
+def _squeeze(t, dim=None):
+    return torch.squeeze(t) if dim is None else torch.squeeze(t, dim)
+
+
+# Ops: torch's own functions, with torch's argument order (DESIGN.md v1.1).
+OPS: dict[str, Callable[..., Any]] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "neg": torch.neg,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "exp": torch.exp,
+    "matmul": torch.matmul,
+    "linear": F.linear,
+    "sum": _reduce(torch.sum),
+    "mean": _reduce(torch.mean),
+    "amax": _amax,
+    "softmax": lambda t, dim: F.softmax(t, dim=dim),
+    "log_softmax": lambda t, dim: F.log_softmax(t, dim=dim),
+    "transpose": torch.transpose,
+    "t": torch.t,
+    "permute": torch.permute,
+    "reshape": torch.reshape,
+    "flatten": lambda t, start_dim=0, end_dim=-1: torch.flatten(t, start_dim, end_dim),
+    "unsqueeze": torch.unsqueeze,
+    "squeeze": _squeeze,
+    "cat": lambda tensors, dim=0: torch.cat(tensors, dim=dim),
+    "clone": torch.clone,
+    "detach": lambda t: t.detach(),
+    "to": lambda t, dtype: t.to(DTYPES[dtype]),
+    "ones_like": torch.ones_like,
+    "zeros_like": torch.zeros_like,
+}
+
+
+class Backend:
+    """What an engine supplies: inputs, the DTensor and XLA calls, and reading values."""
+
+    reference = False
+
+    def __init__(self, req: StepsRequest):
+        self.req = req
+
+    def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
+        """distribute_tensor, redistribute, to_local, full_tensor, from_local."""
+        raise NotImplementedError
+
+    def xla_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
+        """mark_sharding, clear_sharding, sync: only engine xla has them."""
+        raise NotImplementedError(f"{step['call']} needs torch_xla")
+
+    def before_reads(self) -> None:
+        """Make computed values readable (torch_xla.sync() on xla)."""
+
+    def observe(self, value: Any, read: ReadJson) -> ValueObservation:
+        raise NotImplementedError
+
+    def snapshot(self, value: Any) -> Any:
+        """The value as the reference keeps it (a detached CPU copy)."""
+        raise NotImplementedError
+
+
+DTENSOR_CALLS = {"distribute_tensor", "redistribute", "to_local", "full_tensor", "from_local"}
+XLA_CALLS = {"mark_sharding", "clear_sharding", "sync"}
+
+
+def _lookup(values: dict[str, Any], name: str) -> Any:
+    if name in values:
+        return values[name]
+    if name.endswith(".grad") and name[: -len(".grad")] in values:
+        base = values[name[: -len(".grad")]]
+        if isinstance(base, NoReference):
+            return NO_REFERENCE
+        grad = getattr(base, "grad", None)
+        if grad is None:
+            raise LookupError(f"{name} does not exist: no gradient reached it")
+        return grad
+    raise LookupError(f"{name} does not exist")
+
+
+def _bind(arg: Any, values: dict[str, Any]) -> Any:
+    if isinstance(arg, dict) and set(arg) == {"value"}:
+        return _lookup(values, arg["value"])
+    if isinstance(arg, list):
+        return [_bind(a, values) for a in arg]
+    return arg
+
+
+def _has_no_reference(arg: Any) -> bool:
+    if isinstance(arg, NoReference):
+        return True
+    return isinstance(arg, list) and any(_has_no_reference(a) for a in arg)
+
+
+def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
+    args = [_bind(a, values) for a in step["args"]]
+    kwargs = {k: _bind(v, values) for k, v in step["kwargs"].items()}
+    name = step["call"]
+    if backend.reference and (_has_no_reference(args) or _has_no_reference(list(kwargs.values()))):
+        return NO_REFERENCE
+    if name in DTENSOR_CALLS:
+        return backend.dtensor_call(step, args, kwargs)
+    if name in XLA_CALLS:
+        return backend.xla_call(step, args, kwargs)
+    if name == "backward":
+        value, grad = args[0], kwargs.get("grad", args[1] if len(args) > 1 else None)
+        value.backward(grad)
+        return None
+    return OPS[name](*args, **kwargs)
+
+
+def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObservation:
+    """Run the request's steps; observe every read. Stops at the first step that raises.
+
+    ``reference`` holds the reference engine's snapshots by read key (None: no reference
+    comparison; the reference run itself passes None and gets its snapshots back under
+    ``"snapshots"``).
+    """
+    req = backend.req
+    began = time.perf_counter()
+    values: dict[str, Any] = {}
+    for spec in req["tensors"]:
+        data = make_input(spec["shape"], spec["dtype"], spec["seed"])
+        values[spec["name"]] = backend.tensor(spec, data)
+    by_step: dict[int, list[ReadJson]] = {}
+    at_end: list[ReadJson] = []
+    for read in req["reads"]:
+        (at_end if read["step"] is None else by_step.setdefault(read["step"], [])).append(read)
+    outcomes: list[StepOutcome] = []
+    observed: dict[str, Any] = {}
+    snapshots: dict[str, Any] = {}
+    failed = False
+
+    def read_now(read: ReadJson, value: Any) -> None:
+        if backend.reference:
+            snapshots[read["key"]] = backend.snapshot(value)
+        else:
+            observed[read["key"]] = (value, read)
+
+    for step in req["steps"]:
+        if backend.reference and step["error"]:
+            break  # the reference does not run a step that must raise, nor what follows
+        try:
+            result = call(backend, step, values)
+        except Exception as exc:
+            outcomes.append({"index": step["index"], "error": error_info(exc)})
+            failed = True
+            break
+        outcomes.append({"index": step["index"]})
+        if step["error"]:
+            break  # it should have raised; the steps after it don't run on any engine
+        if step["target"]:
+            values[step["target"]] = result
+        reads = by_step.get(step["index"], [])
+        if reads:
+            backend.before_reads()
+            for read in reads:
+                read_now(read, result)
+    if not failed:
+        backend.before_reads()
+    ran = {o["index"] for o in outcomes if "error" not in o}
+    for read in at_end:
+        if read.get("made_by") is not None and read["made_by"] not in ran:
+            continue  # its step never ran: its checks are "not made"
+        try:
+            value = _lookup(values, read["name"] or "")
+        except LookupError as exc:
+            # A value that was made but has no .grad is a fact; one never made (a step
+            # before it raised) is simply not observed: its checks are "not made".
+            if (read["name"] or "").removesuffix(".grad") in values and not backend.reference:
+                observed[read["key"]] = (exc, read)
+            continue
+        read_now(read, value)
+    if backend.reference:
+        out: StepsObservation = {"steps": outcomes}
+        out["snapshots"] = snapshots  # type: ignore[typeddict-unknown-key]
+        return out
+    views: dict[str, ValueObservation] = {}
+    for key, (value, read) in observed.items():
+        if isinstance(value, LookupError):
+            views[key] = {"missing": str(value).strip("'\"")}
+            continue
+        view = backend.observe(value, read)
+        if reference is not None and key in reference:
+            compared = compare(value_tensor(backend, value), reference[key], read["rtol"])
+            if compared is not None:
+                view["reference"] = compared
+        views[key] = view
+    for key, (value, read) in observed.items():
+        if read["equals"] and key in views and "missing" not in views[key]:
+            mine = value_tensor(backend, value)
+            views[key]["equals"] = {
+                other: _equal(mine, value_tensor(backend, observed[other][0]))
+                for other in read["equals"]
+                if other in observed and not isinstance(observed[other][0], LookupError)
+            }
+    return {"values": views, "steps": outcomes, "seconds": time.perf_counter() - began}
+
+
+def value_tensor(backend: Backend, value: Any) -> torch.Tensor | None:
+    """The value's global data as a CPU tensor, or None when it is not a tensor."""
+    getter = getattr(backend, "global_data", None)
+    if getter is not None:
+        return getter(value)
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else None
+
+
+def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(torch.equal(a, b))
+
+
+def compare(value: torch.Tensor | None, ref: Any, rtol: float) -> ReferenceCompare | None:
+    """Measure a value against the reference's snapshot (None: no reference value)."""
+    if value is None or not isinstance(ref, torch.Tensor):
+        return None
+    if tuple(value.shape) != tuple(ref.shape):
+        return {
+            "shape": list(ref.shape),
+            "same_shape": False,
+            "max_abs_error": float("inf"),
+            "max_excess": float("inf"),
+            "finite": True,
+        }
+    a = value.detach().to(torch.float64)
+    b = ref.detach().to(torch.float64)
+    diff = (a - b).abs()
+    finite = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
+    same_nan = bool(torch.equal(torch.isnan(a), torch.isnan(b)))
+    diff = torch.where(torch.isnan(a) & torch.isnan(b), torch.zeros_like(diff), diff)
+    return {
+        "shape": list(ref.shape),
+        "same_shape": True,
+        "max_abs_error": float(diff.max()) if diff.numel() else 0.0,
+        "max_excess": float((diff - rtol * b.abs()).max()) if diff.numel() else 0.0,
+        "finite": finite or same_nan,
+    }
+
+
+class ReferenceBackend(Backend):
+    """Plain CPU tensors; DTensor calls act on the global value (DESIGN.md settled point 5)."""
+
+    reference = True
+
+    def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
+        return data.clone().requires_grad_(spec["requires_grad"])
+
+    def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
+        name, t = step["call"], args[0]
+        if name == "distribute_tensor":
+            return t.detach().clone().requires_grad_(t.requires_grad)  # a new leaf
+        if name in ("redistribute", "full_tensor"):
+            return t.view_as(t)  # the same global value, still in the graph
+        if name == "to_local":
+            piece = step.get("piece")
+            if piece is None:
+                return NO_REFERENCE  # placements not tracked: device 0's piece is unknown
+            index = tuple(
+                slice(o, o + s) for o, s in zip(piece["offset"], piece["shape"], strict=True)
+            )
+            return t[index]
+        if name == "from_local":
+            mesh = self.req["mesh"]
+            out = t
+            for axis, placement in enumerate(args[1]):
+                if placement[0] == "shard":
+                    out = torch.cat([out] * mesh[axis], dim=placement[1])
+                elif placement[0] == "partial" and (placement[1:] or ["sum"])[0] == "sum":
+                    out = out * mesh[axis]
+            shape = kwargs.get("shape")
+            if shape is not None and list(out.shape) != list(shape):
+                return NO_REFERENCE
+            return out
+        raise ValueError(f"unknown DTensor call {name}")
+
+    def xla_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
+        # XLA's annotations don't change values: the reference keeps the tensor.
+        return args[0] if args else None
+
+    def snapshot(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.detach().clone()
+        return value
+
+
+def run_reference(req: StepsRequest) -> tuple[dict[str, Any], StepOutcome | None]:
+    """The reference's snapshots by read key, and the step that raised there, if one did."""
+    out = run(ReferenceBackend(req))
+    raised = next((o for o in out["steps"] if "error" in o), None)
+    return out["snapshots"], raised  # type: ignore[typeddict-item]
