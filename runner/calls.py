@@ -222,7 +222,7 @@ for _name, _doc in (
     ("sigmoid", "Applies the sigmoid to every element of t."),
     ("exp", "Raises e to every element of t."),
     ("clone", "Copies t (the copy stays in the autograd graph)."),
-    ("detach", "t cut out of the autograd graph: same values, does not require grad."),
+    ("detach", "Cuts t out of the autograd graph: the same values, not requiring grad."),
     ("ones_like", "A tensor of ones with t's shape and dtype (a DTensor when t is one)."),
     ("zeros_like", "A tensor of zeros with t's shape and dtype (a DTensor when t is one)."),
 ):
@@ -230,7 +230,7 @@ for _name, _doc in (
 _add(
     "to",
     [_T, _p("dtype", "dtype")],
-    "t converted to another dtype, such as float16.",
+    "Converts t to another dtype, such as float16.",
     "h = to(x, float16)",
 )
 _add(
@@ -243,8 +243,8 @@ _add(
 _add(
     "linear",
     [_p("x", "tensor"), _p("weight", "tensor"), _p("bias", "tensor_or_null", None)],
-    "x times weight transposed, plus bias: x [..., in] and weight [out, in] give [..., out].",
-    "y = linear(x, w, b)",
+    "Computes x times weight transposed, plus bias: x [..., in] and weight [out, in] give [..., out].",
+    "y = linear(x, weight, bias)",
 )
 for _name, _doc in (
     ("sum", "Adds up t's elements: all of them, or along dim (a dim or a list of dims)."),
@@ -265,21 +265,21 @@ for _name, _doc in (
 _add(
     "transpose",
     [_T, _p("dim0", "int"), _p("dim1", "int")],
-    "t with two dims swapped.",
+    "Swaps two dims of t.",
     "y = transpose(x, 0, 1)",
 )
 _add("t", [_T], "Transposes a tensor of at most 2 dims (rows become columns).", "y = t(w)")
 _add(
     "permute",
     [_T, _p("dims", "dims")],
-    "t with its dims in a new order: dims lists every dim once.",
+    "Puts the dims of t in a new order: dims lists every dim once.",
     "y = permute(x, [1, 0])",
 )
 _add(
     "reshape",
     [_T, _p("shape", "sizes")],
-    "t with a new shape of the same number of elements; one size may be -1 (worked out), "
-    "and sizes may be expressions in n.",
+    "Gives t a new shape with the same number of elements; one size may be -1 (worked "
+    "out), and sizes may be expressions in n.",
     "y = reshape(x, [2*n, -1])",
 )
 _add(
@@ -289,12 +289,15 @@ _add(
     "y = flatten(x, start_dim=1)",
 )
 _add(
-    "unsqueeze", [_T, _p("dim", "int")], "t with a new dim of size 1 at dim.", "y = unsqueeze(x, 0)"
+    "unsqueeze",
+    [_T, _p("dim", "int")],
+    "Adds a dim of size 1 to t, at position dim.",
+    "y = unsqueeze(x, 0)",
 )
 _add(
     "squeeze",
     [_T, _p("dim", "dims_or_null", None)],
-    "t without its dims of size 1 (all of them, or only dim).",
+    "Removes the dims of size 1 from t (all of them, or only dim).",
     "y = squeeze(x, 0)",
 )
 _add(
