@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runner.calls import CALLS, CallError, ValueInfo, resolve
 from runner.layers import parse_layer
 from runner.placements import Placement
-from runner.stepgrammar import parse_step
+from runner.stepgrammar import DType, Expr, Name, Step, parse_step
 
 N = 4
 MESH = (4,)
@@ -626,3 +630,44 @@ def test_call_specs_read_well(name):
     assert r.call == name
     assert (r.result is None) == (name in ("sync", "backward", "sgd_step", "zero_grad"))
     assert (r.engines is not None) == (name in ("mark_sharding", "clear_sharding", "sync"))
+
+
+# --- fuzz: any parsed step gives a Resolved or a CallError, nothing else -------------------------
+
+_ARG = st.recursive(
+    st.one_of(
+        st.sampled_from(sorted(VALUES)).map(Name),
+        st.sampled_from(["nope", "x.grad", "dp"]).map(Name),
+        st.sampled_from(["n", "2*n", "n/3", "n-4", "-n", "n/(n-4)"]).map(Expr),
+        st.sampled_from(["float32", "int64", "bool"]).map(DType),
+        st.sampled_from([S0, S1, R, P, AVG, Placement("shard", -3), Placement("shard", 7)]),
+        st.integers(-5, 300),
+        st.floats(-2, 2, allow_nan=False),
+        st.booleans(),
+        st.none(),
+    ),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(
+    ["dim", "keepdim", "grad", "bias", "shape", "src_data_rank", "grad_placements", "zz"]
+)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(CALLS)),
+    st.lists(_ARG, max_size=4),
+    st.dictionaries(_KEYS, _ARG, max_size=2),
+    st.sampled_from([(4,), (2, 2), (1, 4)]),
+    st.booleans(),
+)
+def test_resolve_raises_only_call_errors(call, args, kwargs, mesh, lenient):
+    step = Step("s", call, tuple(args), kwargs, "")
+    try:
+        r = resolve(step, N, VALUES, mesh, lenient=lenient, layers=LAYERS, mesh_names=("dp", "tp"))
+    except CallError as exc:
+        assert exc.message
+        return
+    assert r.call == call
+    json.dumps([r.args, r.kwargs])
