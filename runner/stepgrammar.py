@@ -258,9 +258,7 @@ class _Parser:
     def step(self) -> Step:
         if self.tok.kind == "end":
             raise self.fail(f"the step is empty; write {FORM}", 0)
-        equals = [
-            t for t in self.tokens if t.text == "=" and t.kind == "punct" and self._top_level(t)
-        ]
+        equals = self._top_level_equals()
         if len(equals) > 1:
             raise self.fail(
                 f"'=' appears twice; a step names at most one value: write {FORM}", equals[1]
@@ -279,16 +277,19 @@ class _Parser:
             )
         return Step(target, call, tuple(args), kwargs, self.text)
 
-    def _top_level(self, tok: _Tok) -> bool:
-        depth = 0
+    def _top_level_equals(self) -> list[_Tok]:
+        """The '=' signs outside every bracket (inside them, '=' is a keyword's)."""
+        out, depth = [], 0
         for t in self.tokens:
-            if t is tok:
-                return depth == 0
-            if t.kind == "punct" and t.text in _CLOSE:
+            if t.kind != "punct":
+                continue
+            if t.text in _CLOSE:
                 depth += 1
-            elif t.kind == "punct" and t.text in _OPEN:
+            elif t.text in _OPEN:
                 depth -= 1
-        return False
+            elif t.text == "=" and depth == 0:
+                out.append(t)
+        return out
 
     def target(self, equals: _Tok) -> str:
         first = self.tok
