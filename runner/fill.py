@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .expand import expand
-from .program import is_steps_case
 from .problems import SpecError
+from .program import is_steps_case
 from .spec import Case, read
 from .yamlload import Document, load_text
 

@@ -127,7 +127,9 @@ def main() -> int:
         req, plain, (last, offset, shape) = program(rng, index)
         snapshots, raised = interpreter.run_reference(req)
         env = independent(req, plain)
-        piece = env["x"].detach()[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+        piece = env["x"].detach()[
+            tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))
+        ]
         want = {
             last: env[last].detach(),
             "loss": env["loss"].detach(),
