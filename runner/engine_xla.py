@@ -279,7 +279,9 @@ class XlaBackend(interpreter.Backend):
         if name == "full_tensor":
             return args[0].full_tensor(**kwargs)
         if name == "from_local":
-            return DTensor.from_local(args[0], self.mesh, _placements(args[1]), **kwargs)
+            return DTensor.from_local(
+                args[0], self.mesh, _placements(args[1]), **interpreter.from_local_kwargs(kwargs)
+            )
         raise ValueError(f"unknown DTensor call {name}")
 
     def xla_call(self, step: StepJson, args: list, kwargs: dict) -> Any:

@@ -130,6 +130,19 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+def from_local_kwargs(kwargs: dict) -> dict:
+    """DTensor.from_local wants shape and stride together: a spec gives the shape only,
+    of a contiguous tensor, so the stride is the contiguous one."""
+    shape = kwargs.get("shape")
+    if shape is None:
+        return kwargs
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return dict(kwargs, shape=torch.Size(shape), stride=tuple(reversed(stride)))
+
+
 class Backend:
     """What an engine supplies: inputs, the DTensor and XLA calls, and reading values."""
 

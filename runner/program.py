@@ -217,7 +217,7 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
             "error": error is not None,
         }
         if resolved.call == "to_local":
-            piece = _device0_piece(step, values, mesh)
+            piece = _device0_piece(resolved.args[0], values, mesh)
             if piece is not None:
                 sj["piece"] = piece
         step_json.append(sj)
@@ -302,10 +302,10 @@ def _asked(call: str, result: ValueInfo | None) -> tuple[Placement, ...] | None:
     return result.placements
 
 
-def _device0_piece(step: Any, values: dict[str, ValueInfo], mesh: tuple[int, ...]) -> dict | None:
+def _device0_piece(arg: Any, values: dict[str, ValueInfo], mesh: tuple[int, ...]) -> dict | None:
     """Device 0's piece of to_local's argument, when its placements are tracked."""
-    arg = step.args[0] if step.args else None
-    info = values.get(getattr(arg, "text", ""))
+    name = arg.get("value") if isinstance(arg, dict) else None
+    info = values.get(name or "")
     if info is None or info.placements is None or info.shape is None:
         return None
     shape, offset = oracle.shard_of(info.shape, mesh, (0,) * len(mesh), info.placements)

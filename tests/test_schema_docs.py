@@ -46,3 +46,17 @@ def test_every_property_has_a_description_and_examples() -> None:
         assert target.get("examples"), f"{where} has no examples"
         seen += 1
     assert seen > 50
+
+
+def test_the_schema_documents_every_step_call() -> None:
+    """The editor offers each call: its signature, what it does, and an example."""
+    from runner.calls import CALLS
+
+    step = json.loads(SCHEMA_FILE.read_text())["$defs"]["step_text"]
+    for name, spec in CALLS.items():
+        documented = step["x-calls"][name]
+        assert documented["signature"] == spec.signature, name
+        assert documented["example"] == spec.example, name
+        assert spec.example in step["examples"], name
+        assert f"{spec.signature}: {spec.doc}" in step["description"], name
+    assert set(step["x-calls"]) == set(CALLS)
