@@ -88,6 +88,15 @@ cases:
     expect:
       t: {sharding_type: tiled, placements: [Shard(0), Shard(1)]}
       b: {values: reference}
+  - id: wrong_piece
+    requires: {devices_divisible_by: 2, min_devices: 4}
+    mesh: [2, n/2]
+    tensors:
+      t: {shape: [8, 2*n]}
+    steps:
+      - a = mark_sharding(t, [0, null])
+    expect:
+      t: {local_shape: [8, 2], placements: [Shard(0), Replicate()]}
   - id: wrong_expectations
     mesh: [n]
     tensors:
@@ -106,12 +115,24 @@ def test_steps_run_on_xla_and_wrong_expectations_fail_with_their_lines(
 ) -> None:
     write(pytester.path, "specs/steps.yaml", STEPS)
     result = pytester.runpytest("--devices", "4", "-rf")
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, failed=2)
     out = result.stdout.str()
-    assert "specs/steps.yaml:34:71: x: expect.sharding_spec" in out
+    # A piece that is not what the spec says: the value, the line, and every device's piece.
+    assert "specs/steps.yaml:34:24: t: expect.local_shape" in out
+    result.stdout.re_match_lines(
+        [
+            r"specs/steps.yaml:34:24: t: expect.local_shape",
+            r"  expected: \[8, 2\]",
+            r"  actual:   \[4, 8\]",
+            r" *device +piece shape +offset",
+            r" *0 +\[4, 8\] +\[0, 0\]",
+            r" *3 +\[4, 8\] +\[4, 0\]",
+        ]
+    )
+    assert "specs/steps.yaml:43:71: x: expect.sharding_spec" in out
     assert "expected: a spec containing '[1,'" in out
     assert "actual:   {devices=[4,1]0,1,2,3}" in out
-    assert "specs/steps.yaml:35:19: z: expect.values" in out
+    assert "specs/steps.yaml:44:19: z: expect.values" in out
     assert "expected: exactly equal to x" in out
     assert "Traceback" not in out
 
