@@ -14,6 +14,7 @@ from typing import Any
 
 from .expand import Variant
 from .oracle import ShardLayout
+from .placements import Placement
 from .problems import Mark
 from .protocol import ErrorInfo, ModuleObservation, Observation, TensorObservation
 
@@ -128,8 +129,9 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
         declared = variant.expect(name)
         return declared.mark if declared else case.locate(fallback)
 
-    if on["type"] and obs["type"] != "XLAShardedTensor":
-        failures.append(Failure("type", "result type", case.mark, "XLAShardedTensor", obs["type"]))
+    want_type = RESULT_TYPE.get(variant.engine, "DTensor")
+    if on["type"] and obs["type"] != want_type:
+        failures.append(Failure("type", "result type", case.mark, want_type, obs["type"]))
     if on["global_shape"] and obs["global_shape"] != req["shape"]:
         failures.append(
             Failure(
@@ -161,7 +163,8 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
         failures.append(
             Failure(
                 "requires_grad",
-                "global_tensor.requires_grad",
+                # v1 reads the seed's global_tensor on xla, the DTensor itself on native
+                "global_tensor.requires_grad" if variant.engine == "xla" else "requires_grad",
                 case.locate(("input", "requires_grad")),
                 req["requires_grad"],
                 obs["requires_grad"],
@@ -184,6 +187,11 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
         )
     by_device = {s["device"]: s for s in shards}
     for declared in variant.expects:
+        if variant.engine != "xla" and declared.name in XLA_ONLY_EXPECTATIONS:
+            variant.unchecked.append(
+                f"expect.{declared.name} (XLA only; not made on {variant.engine})"
+            )
+            continue
         if declared.name == "local_shape" and 0 in by_device:
             actual = by_device[0]["shape"]
         elif declared.name == "padded_local_shape" and 0 in by_device:
@@ -217,6 +225,11 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
                 )
             )
     return failures
+
+
+RESULT_TYPE = {"xla": "XLAShardedTensor", "native": "DTensor"}
+# What only XLA has (settled point 12): not made on other engines, and listed as such.
+XLA_ONLY_EXPECTATIONS = ("padded_local_shape", "sharding_spec")
 
 
 def _check_shards(
@@ -290,6 +303,9 @@ def _check_module(variant: Variant, obs: ModuleObservation) -> list[Failure]:
         return params.get(param, {}).get("sharding_spec") or ""
 
     for declared in variant.expects:
+        if variant.engine != "xla" and declared.name != "forward":
+            failures.extend(_native_params(variant, declared, params))
+            continue
         if declared.name == "sharded_params":
             bare = [p for p in declared.value if not spec(p)]
             if bare:
@@ -346,6 +362,47 @@ def _check_module(variant: Variant, obs: ModuleObservation) -> list[Failure]:
 
 
 REPLICATED = "{replicated}"
+
+
+def _native_params(variant: Variant, declared: Any, params: dict) -> list[Failure]:
+    """Module expectations read through the rules, on DTensor itself (settled point 15):
+    sharded = placed as its rule says; unsharded = matched by no rule, which DTensor makes
+    a Replicate DTensor; replicated = all Replicate()."""
+    if declared.name.startswith("sharding_spec["):
+        variant.unchecked.append(f"expect.{declared.name} (XLA only; not made on {variant.engine})")
+        return []
+
+    def placements(param: str) -> list[str] | None:
+        raw = params.get(param, {}).get("placements")
+        if raw is None:
+            return None
+        return [str(Placement(p[0], p[1]) if p[0] == "shard" else Placement(p[0])) for p in raw]
+
+    wrong: dict[str, str] = {}
+    for param in declared.value:
+        have = placements(param)
+        if declared.name == "sharded_params":
+            want = [str(p) for p in variant.param_layouts[param].placements]
+        else:  # unsharded_params, replicated_params: a Replicate DTensor on every mesh axis
+            want = ["Replicate()"] * len(variant.request["mesh"])
+        if have != want:
+            wrong[param] = f"{param} has {'[' + ', '.join(have) + ']' if have else 'no placements'}"
+    if not wrong:
+        return []
+    wanted = {
+        "sharded_params": "the placements its shard rule gives",
+        "unsharded_params": "a Replicate DTensor (DTensor replicates what no rule places)",
+        "replicated_params": "[Replicate()] on every mesh axis",
+    }[declared.name]
+    return [
+        Failure(
+            f"expect.{declared.name}",
+            f"expect.{declared.name}",
+            declared.mark,
+            wanted,
+            "; ".join(wrong.values()),
+        )
+    ]
 
 
 def _replicated_note(marked: dict[str, str]) -> str:

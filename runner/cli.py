@@ -19,7 +19,7 @@ from .expand import Variant, expand, parse_device_counts
 from .problems import Mark, Problem
 from .report import table
 from .requires import runs_at
-from .spec import ENGINES, SUFFIXES, Case, SpecFile, read
+from .spec import DEFAULT_ENGINES, SUFFIXES, Case, SpecFile, parse_engines, read
 from .verdict import verdict
 from .words import did_you_mean
 
@@ -56,6 +56,13 @@ def device_list(text: str) -> tuple[int, ...]:
     """``"1,2,4,8"`` -> (1, 2, 4, 8), sorted; argparse shows the message when it is wrong."""
     try:
         return tuple(sorted(parse_device_counts(text)))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def engine_list(text: str) -> tuple[str, ...]:
+    try:
+        return parse_engines(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -272,10 +279,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [["case", "engine", *(f"n={n}" for n in counts)]]
         for case in spec.cases:
             cases += 1
-            for engine in ENGINES:
+            for engine in args.engines:
                 row = [case.id, engine]
                 for n in counts:
-                    variants = variants_of(case, n)
+                    variants = expand(case, engine, n)
                     cell, kind = status(variants, spec.problems)
                     tally[kind] += len(variants)
                     row.append(cell)
@@ -435,6 +442,13 @@ def parser() -> argparse.ArgumentParser:
     )
     paths(p)
     devices(p, "device counts to show, comma-separated")
+    p.add_argument(
+        "--engines",
+        type=engine_list,
+        default=DEFAULT_ENGINES,
+        metavar="xla,native",
+        help="engines to show, comma-separated (default: xla)",
+    )
     p.set_defaults(run=cmd_list)
 
     p = command(

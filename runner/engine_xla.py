@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from torch.distributed.tensor import (
 from torch_xla.distributed.spmd import XLAShardedTensor
 
 from . import interpreter
+from .engine_layers import build
 from .interpreter import error_info as _error
 from .interpreter import make_input
 from .protocol import (
@@ -48,16 +48,6 @@ from .protocol import (
     TensorRequest,
     ValueObservation,
 )
-
-LAYERS = {
-    "Linear": lambda sizes, bias: nn.Linear(*sizes, bias=bias),
-    "ReLU": lambda sizes, bias: nn.ReLU(),
-    "GELU": lambda sizes, bias: nn.GELU(),
-    "Tanh": lambda sizes, bias: nn.Tanh(),
-    "Sigmoid": lambda sizes, bias: nn.Sigmoid(),
-    "LayerNorm": lambda sizes, bias: nn.LayerNorm(sizes[0]),
-    "Embedding": lambda sizes, bias: nn.Embedding(*sizes),
-}
 
 
 def start() -> dict[str, Any]:
@@ -150,17 +140,9 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
     }
 
 
-def _build(layers: list) -> nn.Sequential:
-    return nn.Sequential(
-        OrderedDict(
-            (name, LAYERS[spec["kind"]](spec["sizes"], spec["bias"])) for name, spec in layers
-        )
-    )
-
-
 def run_module(req: ModuleRequest) -> ModuleObservation:
     torch.manual_seed(req["seed"])
-    reference = _build(req["layers"])
+    reference = build(req["layers"])
     device = torch_xla.device()
     # Move first: distributing CPU params would shard copies, not the module's own.
     model = copy.deepcopy(reference).to(device)

@@ -53,7 +53,15 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        cmd = [sys.executable, "-m", "runner.worker", "--devices", str(self.devices)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "runner.worker",
+            "--engine",
+            self.engine,
+            "--devices",
+            str(self.devices),
+        ]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,

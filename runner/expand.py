@@ -216,7 +216,7 @@ def _plan_tensor(variant: Variant, r: Resolver, found: Collected, max_elements: 
     }
     variant.request = request
     expectations.tensor(found, shape, mesh, places, variant.layout)
-    if not any(e.name == "error" for e in found.expects):
+    if variant.engine == "xla" and not any(e.name == "error" for e in found.expects):
         variant.predicted_spec = xla_sharding.predict_or_none(mesh, places, len(shape))
 
 

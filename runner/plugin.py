@@ -19,7 +19,7 @@ from .check import check, failed_checks
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
 from .problems import Problem
-from .spec import ENGINES, SUFFIXES, read
+from .spec import DEFAULT_ENGINES, SUFFIXES, parse_engines, read
 from .verdict import verdict
 
 DEFAULT_DEVICES = (4,)
@@ -54,6 +54,11 @@ class Run:
 
     def __init__(self, config: pytest.Config):
         self.config = config
+        engines = config.getoption("shardspec_engines")
+        try:
+            self.engines = parse_engines(engines) if engines else DEFAULT_ENGINES
+        except ValueError as exc:
+            raise pytest.UsageError(f"--engines {exc}") from None
         raw = config.getoption("shardspec_devices")
         self.user_pjrt = "PJRT_DEVICE" in os.environ
         self.requested = parse_devices(raw) if raw else DEFAULT_DEVICES
@@ -243,6 +248,13 @@ RUN_KEY = pytest.StashKey[Run]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("shardspec", "shardspec: YAML sharding specs run on XLA")
     group.addoption(
+        "--engines",
+        dest="shardspec_engines",
+        default=None,
+        help="engines to run every spec on, comma-separated (default: xla): xla is torch_xla "
+        "SPMD on the CPU; native is DTensor itself on the CPU (n ranks in one process)",
+    )
+    group.addoption(
         "--devices",
         dest="shardspec_devices",
         default=None,
@@ -305,7 +317,7 @@ class SpecFile(pytest.File):
             yield ProblemItem.from_parent(self, name=FILE_ITEM, problems=spec.problems)
         for case in spec.cases:
             ledger.add(case.id)
-            for engine in ENGINES:
+            for engine in run.engines:
                 for n in run.device_counts():
                     for variant in expand(case, engine, n, max_elements=run.max_elements):
                         yield CaseItem.from_parent(
@@ -418,10 +430,15 @@ class CaseItem(SpecItem):
             )
         if self.verdict.kind == "error":
             raise ShardspecFailure(report.problems(self.verdict.problems))
-        request = dict(
-            variant.request or {}, case=f"{variant.case.doc.path}::{variant.case.id}", n=variant.n
-        )
         timeout = float(variant.description.get("timeout") or run.timeout)
+        request = dict(
+            variant.request or {},
+            case=f"{variant.case.doc.path}::{variant.case.id}",
+            n=variant.n,
+            # The native engine gives up on its ranks first, so that a hung rank fails only
+            # its case and the worker goes on (the pool's timeout would restart it).
+            timeout=timeout * 0.8,
+        )
         try:
             reply = run.pool.run(variant.engine, variant.n, request, timeout)
         except WorkerFault as fault:

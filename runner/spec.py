@@ -12,7 +12,20 @@ from .problems import Mark, Problem, SpecError
 from .yamlload import Document, JsonPath, load_file, short
 
 SUFFIXES = (".yaml", ".yml")  # what a spec file's name ends in
-ENGINES = ("xla",)  # engines every case runs on
+ENGINES = ("xla", "native")  # xla: torch_xla SPMD; native: DTensor itself on the CPU
+DEFAULT_ENGINES = ("xla",)
+
+
+def parse_engines(text: str) -> tuple[str, ...]:
+    """``"xla,native"`` -> ("xla", "native"); ValueError in plain words."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in ENGINES]
+    if not names or unknown:
+        raise ValueError(
+            f"'{text}' is not a list of engines; write them separated by commas, from: "
+            f"{', '.join(ENGINES)} (such as xla,native)"
+        )
+    return names
 
 
 @dataclass

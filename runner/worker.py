@@ -1,4 +1,5 @@
-"""A worker process: one XLA runtime with a fixed device count, serving requests.
+"""A worker process: one engine (XLA's runtime, or n ranks of DTensor on the CPU) with a
+fixed device count, serving requests.
 
 Protocol: one JSON request per line on stdin, one JSON reply per line on a private
 copy of the original stdout. Everything libraries print goes to stderr, which the
@@ -51,26 +52,30 @@ def main() -> int:
     parser.add_argument(
         "--devices", type=int, default=0, help="virtual CPU devices (0: runtime's own)"
     )
+    parser.add_argument("--engine", choices=("xla", "native"), default="xla")
     args = parser.parse_args()
     _die_with_parent()
     reply = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # library prints must never corrupt the protocol
-    if args.devices and "PJRT_DEVICE" not in os.environ:
+    if args.engine == "xla" and args.devices and "PJRT_DEVICE" not in os.environ:
         os.environ["PJRT_DEVICE"] = "CPU"
         os.environ["CPU_NUM_DEVICES"] = str(args.devices)
     for text in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{text}")
     began = time.perf_counter()
-    from . import engine_xla
+    if args.engine == "native":
+        from . import engine_native as engine
+    else:
+        from . import engine_xla as engine  # type: ignore[no-redef]
 
-    info = engine_xla.start()
+    info = engine.start(args.devices) if args.engine == "native" else engine.start()
     info["startup_seconds"] = time.perf_counter() - began
     reply.write(json.dumps({"ready": info}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
         _inject_fault(req)
         try:
-            result = {"observation": engine_xla.run(req)}
+            result = {"observation": engine.run(req)}
         except Exception as exc:
             result = {"fault": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         reply.write(json.dumps(result) + "\n")

@@ -1,0 +1,352 @@
+"""The native engine: DTensor itself on the CPU, n ranks in one worker process.
+
+Imported only inside a worker. Each case runs on every rank at once (torch's threaded
+process group, through ``runner.threaded``), on ``DeviceMesh("cpu")`` with real data.
+It observes and never judges: rank 0's observation stands for the case, and every rank
+adds its own piece, so the checker sees all of them. DTensor is the truth this engine
+reports: where it differs from the oracle or from XLA, the checker and the "engines
+disagree" report say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.tensor import (
+    DeviceMesh,
+    DTensor,
+    Partial,
+    Replicate,
+    Shard,
+    distribute_module,
+    distribute_tensor,
+)
+
+from . import interpreter
+from .interpreter import error_info, make_input
+from .protocol import (
+    InputTensor,
+    ModuleObservation,
+    ModuleRequest,
+    Observation,
+    ReadJson,
+    Request,
+    ShardObservation,
+    StepJson,
+    StepsObservation,
+    StepsRequest,
+    TensorObservation,
+    TensorRequest,
+    ValueObservation,
+)
+from .threaded import ThreadedWorld
+
+FAULT_ENV = "SHARDSPEC_TEST_FAULT"  # the worker's test-only fault injection, per rank here
+DEFAULT_TIMEOUT = 60.0
+_world: ThreadedWorld | None = None
+
+try:  # DTensor's own layout function: where each rank's piece sits
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # pragma: no cover - depends on the torch version
+    compute_local_shape_and_global_offset = None  # type: ignore[assignment]
+
+
+def start(devices: int) -> dict[str, Any]:
+    """Build the n-rank world once for this worker."""
+    global _world
+    _world = ThreadedWorld(max(devices, 1))
+    return {
+        "devices": max(devices, 1),
+        "device_type": "cpu (DTensor, threaded process group)",
+        "torch": torch.__version__,
+    }
+
+
+def _placement(spec: list) -> Any:
+    if spec[0] == "shard":
+        return Shard(spec[1])
+    if spec[0] == "partial":
+        return Partial(spec[1] if len(spec) > 1 else "sum")
+    return Replicate()
+
+
+def _placements(raw: list) -> list:
+    return [_placement(p) for p in raw]
+
+
+def _placement_json(p: Any) -> list:
+    if isinstance(p, Shard):
+        return ["shard", int(p.dim)]
+    if isinstance(p, Partial):
+        op = str(getattr(p, "reduce_op", "sum"))
+        return ["partial"] if op == "sum" else ["partial", op]
+    if isinstance(p, Replicate):
+        return ["replicate"]
+    return [type(p).__name__]
+
+
+def _mesh(shape: list[int], names: list[str] | None = None) -> DeviceMesh:
+    count = 1
+    for size in shape:
+        count *= size
+    ids = torch.arange(count).reshape(shape)
+    return DeviceMesh("cpu", ids, mesh_dim_names=tuple(names) if names else None)
+
+
+def _fault(req: Request, rank: int) -> None:
+    """``SHARDSPEC_TEST_FAULT=<case id>=rank_raise|rank_hang``: rank 1 (or 0) misbehaves."""
+    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        case_id, _, action = item.partition("=")
+        if not req.get("case", "").endswith(f"::{case_id}"):
+            continue
+        victim = 1 if _world is not None and _world.world_size > 1 else 0
+        if rank != victim:
+            continue
+        if action == "rank_raise":
+            raise RuntimeError(f"injected fault on rank {rank}")
+        if action == "rank_hang":
+            time.sleep(3600)  # its peers wait in a collective; the world times out
+
+
+def _piece(
+    local: torch.Tensor, dt: DTensor, whole: torch.Tensor | None, rank: int
+) -> ShardObservation:
+    """This rank's piece of a DTensor: shape, offset, and whether it holds its slice."""
+    shape, offset = compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)
+    data = local.detach()
+    equal = False
+    if whole is not None and not any(isinstance(p, Partial) for p in dt.placements):
+        index = tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))
+        expected = whole[index]
+        equal = tuple(data.shape) == tuple(expected.shape) and bool(torch.equal(data, expected))
+    elif whole is not None:
+        equal = True  # a partial piece holds a share of the value, not a slice: not compared
+    return {
+        "device": rank,
+        "shape": list(data.shape),
+        "padded_shape": list(data.shape),
+        "offset": [int(o) for o in offset],
+        "extent": list(data.shape),
+        "replica_id": 0,
+        "values_equal": equal,
+    }
+
+
+def _merge_shards(per_rank: list[list[ShardObservation]]) -> list[ShardObservation]:
+    return [piece for pieces in per_rank for piece in pieces]
+
+
+def _run(req: Request, fn: Any) -> list[Any]:
+    assert _world is not None, "start() first"
+    timeout = float(req.get("timeout") or DEFAULT_TIMEOUT)  # type: ignore[union-attr]
+    return _world.run(fn, timeout)
+
+
+# --- v1 tensor cases -------------------------------------------------------------------
+
+
+def run_tensor(req: TensorRequest) -> TensorObservation:
+    def rank_fn(rank: int) -> TensorObservation:
+        _fault(req, rank)
+        x = make_input(req["shape"], req["dtype"], req["seed"])
+        x.requires_grad_(req["requires_grad"])
+        mesh = _mesh(req["mesh"])
+        began = time.perf_counter()
+        try:
+            dt = distribute_tensor(x, mesh, _placements(req["placements"]))
+        except Exception as exc:
+            return {"error": error_info(exc)}
+        seconds = time.perf_counter() - began
+        return {
+            "type": type(dt).__name__,
+            "global_shape": list(dt.shape),
+            "dtype": str(dt.dtype).removeprefix("torch."),
+            # Settled point 12: on native, requires_grad and is_leaf read the DTensor.
+            "requires_grad": bool(dt.requires_grad),
+            "is_leaf": bool(dt.is_leaf),
+            "shards": [_piece(dt.to_local(), dt, x.detach(), rank)],
+            "seconds": seconds,
+        }
+
+    results = _run(req, rank_fn)
+    first = results[0]
+    if "error" in first:
+        return first
+    first["shards"] = _merge_shards([r.get("shards", []) for r in results])
+    return first
+
+
+# --- v1 module cases -------------------------------------------------------------------
+
+
+def run_module(req: ModuleRequest) -> ModuleObservation:
+    from .engine_layers import build
+
+    torch.manual_seed(req["seed"])  # in the main thread: threads share the generator
+    reference = build(req["layers"])
+    placed = req["params"]
+    forward = req.get("forward")
+    x_cpu = None
+    if forward:
+        gen = torch.Generator().manual_seed(req["seed"] + 1)
+        first = req["layers"][0][1]
+        if first["kind"] == "Embedding":
+            x_cpu = torch.randint(0, first["sizes"][0], forward["input_shape"], generator=gen)
+        else:
+            x_cpu = torch.randn(forward["input_shape"], generator=gen)
+        with torch.no_grad():
+            want = reference(x_cpu)
+    originals = {name: p.detach() for name, p in reference.named_parameters()}
+
+    def rank_fn(rank: int) -> ModuleObservation:
+        _fault(req, rank)
+        model = copy.deepcopy(reference)
+        mesh = _mesh(req["mesh"])
+
+        def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+            for param_name, param in list(module.named_parameters(recurse=False)):
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                if full in placed:
+                    dist = distribute_tensor(param, device_mesh, _placements(placed[full]))
+                    module.register_parameter(param_name, nn.Parameter(dist))
+
+        try:
+            sharded = distribute_module(model, mesh, partition)
+        except Exception as exc:
+            return {"error": error_info(exc)}
+        params: dict[str, Any] = {}
+        for name, param in sharded.named_parameters():
+            entry: dict[str, Any] = {"shape": list(param.shape), "type": type(param.data).__name__}
+            if isinstance(param, DTensor):
+                entry["placements"] = [_placement_json(p) for p in param.placements]
+                entry["shards"] = [_piece(param.to_local(), param, originals[name], rank)]
+            params[name] = entry
+        out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
+        if x_cpu is not None:
+            x = distribute_tensor(x_cpu, mesh, [Replicate()] * mesh.ndim, src_data_rank=None)
+            with torch.no_grad():
+                got = sharded(x)
+                got = got.full_tensor() if isinstance(got, DTensor) else got
+            diff = (got - want).abs()
+            out["forward"] = {
+                "shape": list(got.shape),
+                "expected_shape": list(want.shape),
+                "max_abs_error": float(diff.max()) if diff.numel() else 0.0,
+                "max_excess": float((diff - forward["rtol"] * want.abs()).max())
+                if diff.numel()
+                else 0.0,
+                "finite": bool(torch.isfinite(got).all()),
+            }
+        return out
+
+    results = _run(req, rank_fn)
+    first = results[0]
+    if "error" in first:
+        return first
+    for name, entry in first["params"].items():
+        if "shards" in entry:
+            entry["shards"] = _merge_shards([r["params"][name].get("shards", []) for r in results])
+    return first
+
+
+# --- v1.1 steps ------------------------------------------------------------------------
+
+
+class NativeBackend(interpreter.Backend):
+    """One rank's view: the DTensor API on DeviceMesh("cpu"), torch ops on DTensors."""
+
+    def __init__(self, req: StepsRequest, rank: int):
+        super().__init__(req)
+        self.rank = rank
+        self.mesh = _mesh(req["mesh"], req.get("mesh_names"))
+
+    def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
+        x = data.clone().requires_grad_(spec["requires_grad"])
+        if spec["placements"] is None:
+            return x  # a plain tensor, on the CPU (settled point 6)
+        # Every rank holds the same data: split locally, without a collective.
+        return distribute_tensor(x, self.mesh, _placements(spec["placements"]), src_data_rank=None)
+
+    def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
+        name = step["call"]
+        if kwargs.get("grad_placements") is not None:
+            kwargs = dict(kwargs, grad_placements=_placements(kwargs["grad_placements"]))
+        if name == "distribute_tensor":
+            return distribute_tensor(args[0], self.mesh, _placements(args[1]), **kwargs)
+        if name == "redistribute":
+            return args[0].redistribute(self.mesh, _placements(args[1]), **kwargs)
+        if name == "to_local":
+            return args[0].to_local(**kwargs)
+        if name == "full_tensor":
+            return args[0].full_tensor(**kwargs)
+        if name == "from_local":
+            return DTensor.from_local(
+                args[0], self.mesh, _placements(args[1]), **interpreter.from_local_kwargs(kwargs)
+            )
+        raise ValueError(f"unknown DTensor call {name}")
+
+    def global_data(self, value: Any) -> torch.Tensor | None:
+        if isinstance(value, DTensor):
+            return value.full_tensor().detach()  # a collective: every rank reads in order
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        return None
+
+    def observe(self, value: Any, read: ReadJson) -> ValueObservation:
+        out: ValueObservation = {
+            "type": type(value).__name__,
+            "mro": [cls.__name__ for cls in type(value).__mro__],
+        }
+        if not isinstance(value, torch.Tensor):
+            return out
+        out.update(
+            shape=list(value.shape),
+            dtype=str(value.dtype).removeprefix("torch."),
+            requires_grad=bool(value.requires_grad),
+            is_leaf=bool(value.is_leaf),
+        )
+        if isinstance(value, DTensor):
+            try:
+                out["placements"] = [_placement_json(p) for p in value.placements]
+            except Exception as exc:
+                out["placements_error"] = error_info(exc)
+                return out
+            whole = self.global_data(value)
+            out["shards"] = [_piece(value.to_local(), value, whole, self.rank)]
+        return out
+
+
+def run_steps(req: StepsRequest) -> StepsObservation:
+    snapshots: dict[str, Any] | None = None
+    if req["reference"]:
+        snapshots, raised = interpreter.run_reference(req)
+        if raised is not None:
+            return {"reference_error": raised}
+
+    def rank_fn(rank: int) -> StepsObservation:
+        _fault(req, rank)
+        return interpreter.run(NativeBackend(req, rank), snapshots)
+
+    results = _run(req, rank_fn)
+    first = results[0]
+    for key, view in first.get("values", {}).items():
+        if "shards" in view:
+            view["shards"] = _merge_shards(
+                [r.get("values", {}).get(key, {}).get("shards", []) for r in results]
+            )
+    return first
+
+
+def run(req: Request) -> Observation:
+    if req["op"] == "tensor":
+        return run_tensor(req)  # type: ignore[arg-type]
+    if req["op"] == "module":
+        return run_module(req)  # type: ignore[arg-type]
+    if req["op"] == "steps":
+        return run_steps(req)  # type: ignore[arg-type]
+    raise ValueError(f"unknown op {req['op']!r}")
