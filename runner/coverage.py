@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .disagree import disagreements
 from .expand import Variant
 
 PROPERTY = "shardspec"  # the user_properties name of an item's record
@@ -83,7 +84,13 @@ def row_of(variant: Variant) -> Row:
     )
 
 
-def record(variant: Variant, nodeid: str, *, broken: bool = False) -> tuple[str, str]:
+def record(
+    variant: Variant,
+    nodeid: str,
+    *,
+    broken: bool = False,
+    digest: dict[str, Any] | None = None,
+) -> tuple[str, str]:
     """The item's ``user_properties`` entry: a JSON record of what the reports need.
 
     ``broken``: the case can't run (its spec file has errors); so can't a variant with
@@ -105,6 +112,7 @@ def record(variant: Variant, nodeid: str, *, broken: bool = False) -> tuple[str,
         "expects_error": variant.expect("error") is not None,
         "broken": broken,
         "unchecked": notes,
+        "digest": digest,  # what the engine observed, for "engines disagree"
     }
     return PROPERTY, json.dumps(data, sort_keys=True)
 
@@ -151,7 +159,10 @@ class Matrix:
     """Outcomes gathered per row and device count, from the items' records."""
 
     def __init__(self) -> None:
-        self.cells: dict[Row, dict[int, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        self.cells: dict[Row, dict[tuple[str, int], Counter]] = defaultdict(
+            lambda: defaultdict(Counter)
+        )
+        self.records: list[dict[str, Any]] = []
         self.covered: dict[Row, int] = Counter()
         self.cases: dict[Row, set[str]] = defaultdict(set)
         self.counts: set[int] = set()
@@ -163,6 +174,7 @@ class Matrix:
 
     def add(self, rec: dict[str, Any], outcome: str) -> None:
         self.tests += 1
+        self.records.append(rec)
         self.counts.add(int(rec["n"]))
         self.engines.add(str(rec["engine"]))
         self.files.add(str(rec["file"]))
@@ -174,7 +186,7 @@ class Matrix:
         self._put(row, rec, outcome)
 
     def _put(self, row: Row, rec: dict[str, Any], outcome: str) -> None:
-        self.cells[row][int(rec["n"])][word(rec, outcome)] += 1
+        self.cells[row][(str(rec["engine"]), int(rec["n"]))][word(rec, outcome)] += 1
         self.cases[row].add(case_name(rec))
         if covers(rec, outcome):
             self.covered[row] += 1
@@ -186,8 +198,8 @@ class Matrix:
             self._put(row, rec, outcome)
         self._unplaced.clear()
 
-    def _cell(self, row: Row, n: int) -> str:
-        found = self.cells[row].get(n)
+    def _cell(self, row: Row, column: tuple[str, int]) -> str:
+        found = self.cells[row].get(column)
         return " ".join(f"{k} {v}" for k, v in sorted(found.items())) if found else "-"
 
     def header(self) -> list[tuple[str, str]]:
@@ -216,7 +228,13 @@ class Matrix:
 
     def tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
         self._place_rest()
-        counts = sorted(self.counts)
+        # A column per engine and device count (one engine: per device count, as before).
+        columns = [(e, n) for e in sorted(self.engines) for n in sorted(self.counts)]
+        several = len(self.engines) > 1
+
+        def head(column: tuple[str, int]) -> str:
+            return f"{column[0]} n={column[1]}" if several else f"n={column[1]}"
+
         rows = sorted(
             self.cells,
             key=lambda r: (
@@ -233,7 +251,7 @@ class Matrix:
                 r.mesh_rank,
                 r.evenness,
                 r.dtype,
-                *(self._cell(r, n) for n in counts),
+                *(self._cell(r, c) for c in columns),
                 ", ".join(sorted(self.cases[r])),
             ]
             for r in rows
@@ -258,7 +276,7 @@ class Matrix:
                     "mesh rank",
                     "shards",
                     "dtype",
-                    *(f"n={n}" for n in counts),
+                    *(head(c) for c in columns),
                     "cases",
                 ],
                 main,
@@ -268,6 +286,18 @@ class Matrix:
                 "(skips and expected errors don't count)",
                 ["layout", *DTYPES],
                 grid_rows,
+            ),
+            *(
+                [
+                    (
+                        "Engines disagree: where the engines' observations of a case differ",
+                        ["case [variant] and value: what differs"],
+                        [[line] for line in disagreements(self.records)]
+                        or [["(the engines agree on every case that ran on several)"]],
+                    )
+                ]
+                if several
+                else []
             ),
         ]
 

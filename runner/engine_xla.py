@@ -128,8 +128,13 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
     elapsed = time.perf_counter() - began
     glob = getattr(dist, "global_tensor", dist)
     shards = _observe_shards(getattr(dist, "local_shards", []), x.detach())
+    try:  # what the wrapper reports: for "engines disagree" ([Shard(0), Shard(0)] differs)
+        reported = [_placement_json(p) for p in dist.placements]
+    except Exception:
+        reported = None
     return {
         "type": type(dist).__name__,
+        "placements": reported,
         "global_shape": list(glob.shape),
         "dtype": str(glob.dtype).removeprefix("torch."),
         "requires_grad": bool(glob.requires_grad),

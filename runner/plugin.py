@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from . import coverage, report, summary
+from . import coverage, disagree, report, summary
 from .check import check, failed_checks
 from .executor import Pool, WorkerFault
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
@@ -206,6 +206,13 @@ class Run:
                 tr.line(line)
         elif ran:
             tr.write_line("shardspec: every check was made")
+        if len(self.engines) > 1:
+            tr.section("shardspec: engines disagree", sep="-")
+            lines = disagree.disagreements(self.records.values())
+            for line in lines:
+                tr.line(line)
+            if not lines:
+                tr.line("the engines agree on every case that ran on several of them")
         others = [n for n in self.shardspec_nodeids() if n not in self.records]
         results = summary.results(self.records, self.outcomes, self.durations, others)
         if results:
@@ -444,7 +451,9 @@ class CaseItem(SpecItem):
         except WorkerFault as fault:
             raise ShardspecFailure(report.fault(variant, str(fault), fault.tail)) from None
         failures = check(variant, reply.observation)
-        self._refresh_record()  # the checker may have found checks it could not make
+        # The checker may have found checks it could not make; the digest feeds the
+        # "engines disagree" report.
+        self._refresh_record(disagree.digest(variant, reply.observation))
         if not failures:
             return
         if any(f.check == "reference_error" for f in failures):
@@ -456,8 +465,10 @@ class CaseItem(SpecItem):
             raise ShardspecFailure(report.unexpected(xfail.checks or (), failures) + "\n\n" + text)
         raise CaseFailed(text)
 
-    def _refresh_record(self) -> None:
-        fresh = coverage.record(self.variant, self.nodeid, broken=bool(self.file_problems))
+    def _refresh_record(self, digest: dict | None = None) -> None:
+        fresh = coverage.record(
+            self.variant, self.nodeid, broken=bool(self.file_problems), digest=digest
+        )
         self.user_properties[:] = [
             fresh if isinstance(p, tuple) and p[:1] == (fresh[0],) else p
             for p in self.user_properties

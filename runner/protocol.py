@@ -79,9 +79,10 @@ class TensorObservation(TypedDict, total=False):
 
     error: ErrorInfo
     type: str
+    placements: list[PlacementJson] | None  # as the object reports them (None: it can't)
     global_shape: list[int]
     dtype: str
-    requires_grad: bool  # read from global_tensor (the seed's reading, v1)
+    requires_grad: bool  # xla: read from global_tensor (the seed's reading); native: the DTensor
     is_leaf: bool
     sharding_spec: str
     shards: list[ShardObservation]
