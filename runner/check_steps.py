@@ -242,6 +242,12 @@ def _check_value(
     declared_values = plan.expect("values")
     if on.get("reference", True) and ref is not None and declared_values is None:
         out.extend(_reference(plan, ref, "reference", plan.mark))
+    elif on.get("reference", True) and ref is None and declared_values is None:
+        variant.unchecked.append(
+            f"{label}: reference (the reference engine has no value for it: a to_local of "
+            "untracked placements, or a gradient through to_local/from_local, which every "
+            "device adds its own share to)"
+        )
     for declared in plan.expects:
         if variant.engine != "xla" and declared.name in XLA_ONLY:
             variant.unchecked.append(

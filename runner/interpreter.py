@@ -177,12 +177,12 @@ DTENSOR_CALLS = {"distribute_tensor", "redistribute", "to_local", "full_tensor",
 XLA_CALLS = {"mark_sharding", "clear_sharding", "sync"}
 
 
-def _lookup(values: dict[str, Any], name: str) -> Any:
+def _lookup(values: dict[str, Any], name: str, backend: Backend | None = None) -> Any:
     if name in values:
         return values[name]
     if name.endswith(".grad") and name[: -len(".grad")] in values:
         base = values[name[: -len(".grad")]]
-        if isinstance(base, NoReference):
+        if isinstance(base, NoReference) or not getattr(backend, "grads_known", True):
             return NO_REFERENCE
         grad = getattr(base, "grad", None)
         if grad is None:
@@ -191,11 +191,11 @@ def _lookup(values: dict[str, Any], name: str) -> Any:
     raise LookupError(f"{name} does not exist")
 
 
-def _bind(arg: Any, values: dict[str, Any]) -> Any:
+def _bind(arg: Any, values: dict[str, Any], backend: Backend | None = None) -> Any:
     if isinstance(arg, dict) and set(arg) == {"value"}:
-        return _lookup(values, arg["value"])
+        return _lookup(values, arg["value"], backend)
     if isinstance(arg, list):
-        return [_bind(a, values) for a in arg]
+        return [_bind(a, values, backend) for a in arg]
     return arg
 
 
@@ -206,20 +206,28 @@ def _has_no_reference(arg: Any) -> bool:
 
 
 def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
-    args = [_bind(a, values) for a in step["args"]]
-    kwargs = {k: _bind(v, values) for k, v in step["kwargs"].items()}
+    args = [_bind(a, values, backend) for a in step["args"]]
+    kwargs = {k: _bind(v, values, backend) for k, v in step["kwargs"].items()}
     name = step["call"]
     if backend.reference and (_has_no_reference(args) or _has_no_reference(list(kwargs.values()))):
         return NO_REFERENCE
     if name in DTENSOR_CALLS:
-        return backend.dtensor_call(step, args, kwargs)
+        result = backend.dtensor_call(step, args, kwargs)
+        if backend.reference:
+            backend.per_device(result, args, kwargs, name in ("to_local", "from_local"))  # type: ignore[attr-defined]
+        return result
     if name in XLA_CALLS:
         return backend.xla_call(step, args, kwargs)
     if name == "backward":
         value, grad = args[0], kwargs.get("grad", args[1] if len(args) > 1 else None)
+        if backend.reference and backend.per_device(value, args, kwargs):  # type: ignore[attr-defined]
+            backend.grads_known = False  # type: ignore[attr-defined]
         value.backward(grad)
         return None
-    return OPS[name](*args, **kwargs)
+    result = OPS[name](*args, **kwargs)
+    if backend.reference:
+        backend.per_device(result, args, kwargs)  # type: ignore[attr-defined]
+    return result
 
 
 def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObservation:
@@ -240,15 +248,26 @@ def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObser
     for read in req["reads"]:
         (at_end if read["step"] is None else by_step.setdefault(read["step"], [])).append(read)
     outcomes: list[StepOutcome] = []
-    observed: dict[str, Any] = {}
     snapshots: dict[str, Any] = {}
+    views: dict[str, ValueObservation] = {}
+    data: dict[str, torch.Tensor | None] = {}  # each read's global data, for {equals: ...}
     failed = False
 
     def read_now(read: ReadJson, value: Any) -> None:
+        """Observe a value at its read point (settled point 2): a step's expectation right
+        after the step, the named values after the last step."""
+        key = read["key"]
         if backend.reference:
-            snapshots[read["key"]] = backend.snapshot(value)
-        else:
-            observed[read["key"]] = (value, read)
+            snapshots[key] = backend.snapshot(value)
+            return
+        view = backend.observe(value, read)
+        mine = value_tensor(backend, value)
+        if reference is not None and key in reference:
+            compared = compare(mine, reference[key], read["rtol"])
+            if compared is not None:
+                view["reference"] = compared
+        views[key] = view
+        data[key] = mine
 
     for step in req["steps"]:
         if backend.reference and step["error"]:
@@ -276,36 +295,23 @@ def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObser
         if read.get("made_by") is not None and read["made_by"] not in ran:
             continue  # its step never ran: its checks are "not made"
         try:
-            value = _lookup(values, read["name"] or "")
+            value = _lookup(values, read["name"] or "", backend)
         except LookupError as exc:
             # A value that was made but has no .grad is a fact; one never made (a step
             # before it raised) is simply not observed: its checks are "not made".
             if (read["name"] or "").removesuffix(".grad") in values and not backend.reference:
-                observed[read["key"]] = (exc, read)
+                views[read["key"]] = {"missing": str(exc).strip("'\"")}
             continue
         read_now(read, value)
     if backend.reference:
         out: StepsObservation = {"steps": outcomes}
         out["snapshots"] = snapshots  # type: ignore[typeddict-unknown-key]
         return out
-    views: dict[str, ValueObservation] = {}
-    for key, (value, read) in observed.items():
-        if isinstance(value, LookupError):
-            views[key] = {"missing": str(value).strip("'\"")}
-            continue
-        view = backend.observe(value, read)
-        if reference is not None and key in reference:
-            compared = compare(value_tensor(backend, value), reference[key], read["rtol"])
-            if compared is not None:
-                view["reference"] = compared
-        views[key] = view
-    for key, (value, read) in observed.items():
-        if read["equals"] and key in views and "missing" not in views[key]:
-            mine = value_tensor(backend, value)
+    for read in req["reads"]:
+        key = read["key"]
+        if read["equals"] and key in data:
             views[key]["equals"] = {
-                other: _equal(mine, value_tensor(backend, observed[other][0]))
-                for other in read["equals"]
-                if other in observed and not isinstance(observed[other][0], LookupError)
+                other: _equal(data[key], data[other]) for other in read["equals"] if other in data
             }
     return {"values": views, "steps": outcomes, "seconds": time.perf_counter() - began}
 
@@ -352,9 +358,33 @@ def compare(value: torch.Tensor | None, ref: Any, rtol: float) -> ReferenceCompa
 
 
 class ReferenceBackend(Backend):
-    """Plain CPU tensors; DTensor calls act on the global value (DESIGN.md settled point 5)."""
+    """Plain CPU tensors; DTensor calls act on the global value (DESIGN.md settled point 5).
+
+    ``to_local`` and ``from_local`` make per-device values: the global value is known
+    (device 0's piece; every device's same piece), but a gradient through them is not,
+    since every device adds its own share. After a backward through such a value, the
+    reference has no gradients (their reference check is "not made").
+    """
 
     reference = True
+
+    def __init__(self, req: StepsRequest):
+        super().__init__(req)
+        self.local: set[int] = set()  # ids of per-device values and what was made from them
+        self.grads_known = True
+
+    def per_device(self, result: Any, args: list, kwargs: dict, made_here: bool = False) -> bool:
+        """Mark ``result`` per-device when it is made from one; says whether it is."""
+
+        def tainted(arg: Any) -> bool:
+            if isinstance(arg, list):
+                return any(tainted(a) for a in arg)
+            return id(arg) in self.local
+
+        hit = made_here or tainted(args) or tainted(list(kwargs.values()))
+        if hit and result is not None:
+            self.local.add(id(result))
+        return hit
 
     def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
         return data.clone().requires_grad_(spec["requires_grad"])

@@ -76,9 +76,15 @@ class ValuePlan:
     def expect(self, name: str) -> Expect | None:
         return next((e for e in self.expects if e.name == name), None)
 
+    target: str | None = None  # the step's own name for its result, if it has one
+
     @property
     def label(self) -> str:
-        return self.name or f"the result of step {self.step}"
+        if self.name:
+            return self.name
+        if self.target:
+            return f"{self.target} (right after step {self.step})"
+        return f"the result of step {self.step}"
 
 
 @dataclass
@@ -255,6 +261,7 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
                 )
             key = f"@{index}"
             plan = _plan_value(None, index, mark, resolved.result, asked, mesh, index)
+            plan.target = step.target
             plans[key] = plan
             _value_expectations(r, plan, raw["expect"], ("steps", index - 1, "expect"), mesh, plans)
     _case_expectations(r, plans, mesh)
