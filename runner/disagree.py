@@ -36,7 +36,16 @@ def _values_ok(view: Mapping[str, Any]) -> bool | None:
 def _placements(raw: Any) -> str | None:
     if raw is None:
         return None
-    return "[" + ", ".join(":".join(str(x) for x in p) for p in raw) + "]"
+    words = {"replicate": "Replicate()"}
+    shown = []
+    for p in raw:
+        if p[0] == "shard":
+            shown.append(f"Shard({p[1]})")
+        elif p[0] == "partial":
+            shown.append(f"Partial({p[1]})" if len(p) > 1 else "Partial()")
+        else:
+            shown.append(words.get(p[0], str(p[0])))
+    return "[" + ", ".join(shown) + "]"
 
 
 def digest(variant: Variant, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -51,7 +60,7 @@ def digest(variant: Variant, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]
             label = plan.label if plan else key
             out[label] = {
                 "placements": _placements(view.get("placements")),
-                "pieces": _pieces(view.get("shards") or []),
+                "pieces": _pieces(view.get("shards") or []) or None,
                 "values": _values_ok(view),
                 "error": (view.get("placements_error") or {}).get("type"),
             }
@@ -72,9 +81,9 @@ def digest(variant: Variant, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]
 
 
 FIELDS = (
-    ("error", "error type"),
+    ("error", "error"),
     ("placements", "placements"),
-    ("pieces", "piece shapes and offsets"),
+    ("pieces", "pieces"),
     ("values", "values"),
 )
 
@@ -83,14 +92,51 @@ def _show(field: str, value: Any) -> str:
     if value is None:
         return "-"
     if field == "pieces":
-        return "; ".join(f"{d}:{s}@{o}" for d, s, o in value) or "-"
+        return " ".join(f"{d}:{s}@{o}" for d, s, o in value)
     if field == "values":
         return "hold" if value else "differ"
+    if field == "error":
+        return f"{value} from .placements"
     return str(value)
 
 
+def _case_lines(by_engine: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    engines = sorted(by_engine)
+    out = []
+    steps = sorted(
+        {v for d in by_engine.values() for v in d if v.startswith("step ")},
+        key=lambda v: int(v.split()[1]),
+    )
+    for step in steps:
+        said = [
+            f"{e} raised {by_engine[e][step]['error']}" if step in by_engine[e] else f"{e} ran it"
+            for e in engines
+        ]
+        out.append(f"  {step}: {'; '.join(said)}")
+    values = sorted({v for d in by_engine.values() for v in d if not v.startswith("step ")})
+    for engine in engines:
+        alone = [v for v in values if all((v in by_engine[e]) == (e == engine) for e in engines)]
+        if alone:
+            out.append(f"  observed on {engine} only: {', '.join(alone)}")
+    for value in values:
+        if not all(value in by_engine[e] for e in engines):
+            continue
+        parts = []
+        for field, words in FIELDS:
+            seen = {e: by_engine[e][value].get(field) for e in engines}
+            if len({repr(v) for v in seen.values()}) > 1:
+                parts.append(
+                    f"{words} " + " / ".join(f"{e} {_show(field, seen[e])}" for e in engines)
+                )
+        if parts:
+            out.append(f"  {value}: " + "; ".join(parts))
+    return out
+
+
 def disagreements(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line per case, n and value where the engines' observations differ."""
+    """Per case and n where the engines' observations differ: a heading line, then one
+    line per step that raised on some engines, per value seen by one engine only, and per
+    value whose placements, pieces, values or error differ."""
     groups: dict[tuple, dict[str, Mapping]] = defaultdict(dict)
     for rec in records:
         if rec.get("digest") is None:
@@ -101,14 +147,8 @@ def disagreements(records: Iterable[Mapping[str, Any]]) -> list[str]:
     for (file, case, variant), by_engine in sorted(groups.items()):
         if len(by_engine) < 2:
             continue
-        engines = sorted(by_engine)
-        values = sorted({v for d in by_engine.values() for v in d})
-        for value in values:
-            for field, words in FIELDS:
-                seen = {e: (by_engine[e].get(value) or {}).get(field) for e in engines}
-                if field == "error" and not any(seen.values()):
-                    continue
-                if len({repr(v) for v in seen.values()}) > 1:
-                    shown = "; ".join(f"{e}: {_show(field, seen[e])}" for e in engines)
-                    lines.append(f"{file}::{case}[{variant}] {value}: {words} differ ({shown})")
+        found = _case_lines(by_engine)
+        if found:
+            lines.append(f"{file}::{case}[{variant}]")
+            lines.extend(found)
     return lines

@@ -164,6 +164,7 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
         seconds = time.perf_counter() - began
         return {
             "type": type(dt).__name__,
+            "placements": [_placement_json(p) for p in dt.placements],
             "global_shape": list(dt.shape),
             "dtype": str(dt.dtype).removeprefix("torch."),
             # Settled point 12: on native, requires_grad and is_leaf read the DTensor.

@@ -205,6 +205,17 @@ def _has_no_reference(arg: Any) -> bool:
     return isinstance(arg, list) and any(_has_no_reference(a) for a in arg)
 
 
+def _splits(step: StepJson, args: list) -> bool:
+    """Does the call make a per-device value? from_local with a Shard or Partial (every
+    device's share differs), or to_local of a piece smaller than the value."""
+    if step["call"] == "from_local":
+        return any(p[0] != "replicate" for p in args[1])
+    if step["call"] == "to_local":
+        piece = step.get("piece")
+        return piece is None or list(piece["shape"]) != list(getattr(args[0], "shape", []))
+    return False
+
+
 def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
     args = [_bind(a, values, backend) for a in step["args"]]
     kwargs = {k: _bind(v, values, backend) for k, v in step["kwargs"].items()}
@@ -214,7 +225,7 @@ def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
     if name in DTENSOR_CALLS:
         result = backend.dtensor_call(step, args, kwargs)
         if backend.reference:
-            backend.per_device(result, args, kwargs, name in ("to_local", "from_local"))  # type: ignore[attr-defined]
+            backend.per_device(result, args, kwargs, _splits(step, args))  # type: ignore[attr-defined]
         return result
     if name in XLA_CALLS:
         return backend.xla_call(step, args, kwargs)

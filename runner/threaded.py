@@ -6,11 +6,15 @@ gives every rank a fresh default process group (backend ``"threaded"``, a new st
 order. ``DeviceMesh("cpu", ...)`` made inside ``fn`` therefore works on every call, and no
 process-group state leaks from one call into the next.
 
-Measured on torch 2.9 (200 calls of distribute_tensor + full_tensor, world size 4): keeping
-the threads costs about 1.4 ms a call without the cache clears and 3.3 ms with them;
-re-creating threads and group per call, as ``MultiThreadedTestCase`` does, about 5 ms.
+Measured on torch 2.9 (200 calls of distribute_tensor [8, 4] + full_tensor, world size 4,
+median of 5): keeping the threads costs 1.4 ms a call, the cache clears included;
+re-creating threads and group per call, as ``MultiThreadedTestCase`` does, 6 ms.
 
 Things the caller must know:
+
+- **What fn returns** should be plain data: the group is gone once fn returns, so a DTensor
+  in the result can't run collectives. fn must let ``SystemExit`` through: it is how a
+  rank waiting in a collective leaves when a peer failed or the call timed out.
 
 - **Random inputs.** All ranks share one CPU generator, so ``torch.manual_seed`` + ``randn``
   on n threads at once interleaves and gives each rank other data. Every rank must build
@@ -149,6 +153,13 @@ def _torch_parts() -> SimpleNamespace:
             lambda: redistribute._gen_transform_infos.cache_clear,
         ),
         propagator=propagator,
+        thread_world=need(
+            "multi_threaded_pg.ThreadLocalWorld._world", lambda: mtpg.ThreadLocalWorld._world
+        ),
+        unregister_all=need(
+            "distributed_c10d._unregister_all_process_groups",
+            lambda: dist.distributed_c10d._unregister_all_process_groups,
+        ),
     )
     # A per-thread cache (a threading.local): check the path from this thread; each rank
     # thread clears its own copy.
@@ -210,7 +221,7 @@ def _abortable_store_class(dist: Any) -> type:
 
         def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
             end = time.monotonic() + (timeout.total_seconds() if timeout else 1e9)
-            while not self.aborted.is_set():
+            while True:
                 try:
                     # Short slices: HashStore.wait returns as soon as the keys exist.
                     self.inner.wait(keys, _STORE_SLICE)
@@ -218,7 +229,11 @@ def _abortable_store_class(dist: Any) -> type:
                 except RuntimeError:
                     if time.monotonic() >= end:
                         raise
-            raise _Woken("shardspec: the call was abandoned while this rank waited in a barrier")
+                # Only a wait that can't end is cut short. A rank whose barrier completed
+                # must finish init_process_group: one cut there left its group counter
+                # advanced, and its next default group got another name than its peers'.
+                if self.aborted.is_set() and not self.inner.check(keys):
+                    raise _Woken("shardspec: the call was abandoned while a rank waited")
 
     return AbortableStore
 
@@ -308,33 +323,42 @@ class ThreadedWorld:
                 raise WorldBroken(self._broken)
             if self._clear:
                 self._clear_shared_caches()
-            call: _Call[T] = _Call(fn, self.world_size, self._t.store(), timeout)
-            for inbox in self._inboxes:
-                inbox.put(call)
-            hung: list[int] = []
-            stuck: list[int] = []
-            if not call.all_done.wait(timeout):
-                with call.lock:
-                    hung = [r for r, done in enumerate(call.done) if not done]
-                # Order matters (measured): wake the waiters, let them leave, then reset.
-                # Resetting first would clear the terminate flag before they see it.
-                self._wake(call)
-                call.all_done.wait(_WAKE_GRACE)
-                with call.lock:
-                    stuck = [r for r, done in enumerate(call.done) if not done]
-            self._t.pg.reset()  # drop finished or abandoned collectives, clear terminate
-            if stuck:
-                self._break(
-                    f"ranks {stuck} of the threaded world were still running "
-                    f"{timeout + _WAKE_GRACE:g} s after the call began and could not be "
-                    "woken; restart the process"
-                )
-            if call.first is not None:
-                rank, exc = call.first
-                raise RankFailed(rank, exc) from exc
-            if hung:
-                raise RanksHung(hung, timeout, stuck)
-            return call.results
+            # Every init_process_group wraps sys.excepthook once more (a "[rankN]:" prefix);
+            # over thousands of calls the chain would grow without end.
+            excepthook = sys.excepthook
+            try:
+                return self._dispatch(fn, timeout)
+            finally:
+                sys.excepthook = excepthook
+
+    def _dispatch(self, fn: Callable[[int], T], timeout: float) -> list[T]:
+        call: _Call[T] = _Call(fn, self.world_size, self._t.store(), timeout)
+        for inbox in self._inboxes:
+            inbox.put(call)
+        hung: list[int] = []
+        stuck: list[int] = []
+        if not call.all_done.wait(timeout):
+            with call.lock:
+                hung = [r for r, done in enumerate(call.done) if not done]
+            # Order matters: wake the waiters, let them leave, then reset.
+            # Resetting first would clear the terminate flag before they see it.
+            self._wake(call)
+            call.all_done.wait(_WAKE_GRACE)
+            with call.lock:
+                stuck = [r for r, done in enumerate(call.done) if not done]
+        self._t.pg.reset()  # drop finished or abandoned collectives, clear terminate
+        if stuck:
+            self._break(
+                f"ranks {stuck} of the threaded world were still running "
+                f"{timeout + _WAKE_GRACE:g} s after the call began and could not be "
+                "woken; restart the process"
+            )
+        if call.first is not None:
+            rank, exc = call.first
+            raise RankFailed(rank, exc) from exc
+        if hung:
+            raise RanksHung(hung, timeout, stuck)
+        return call.results
 
     def close(self) -> None:
         """Stop the rank threads and restore torch.distributed's process-wide state."""
@@ -366,9 +390,11 @@ class ThreadedWorld:
 
     def _clear_shared_caches(self) -> None:
         # DTensor caches redistribute plans and sharding decisions keyed by the mesh, whose
-        # identity includes the thread id. Thread ids are reused by new threads with another
-        # rank (a new world), which then get plans made for another mesh coordinate:
-        # measured wrong data for uneven [Shard(0), Shard(0)] on a (2, 4) mesh.
+        # identity includes the thread id but not the rank. In one world each rank keeps its
+        # thread, so the keys stay right (measured: 0 of 20 wrong without clears). A new
+        # world's threads reuse old ids for other ranks and get plans made for another mesh
+        # coordinate: uneven [Shard(0), Shard(0)] on (2, 4) went wrong in 18 of 19 new
+        # worlds. Clearing costs next to nothing for small cases, so it is done every call.
         self._t.transform_cache()
         self._t.propagator.cache.cache_clear()  # this thread's copy; ranks clear theirs
 
@@ -395,8 +421,9 @@ class ThreadedWorld:
             if self._clear:
                 self._t.propagator.cache.cache_clear()  # thread-local: only this rank can
             self._reset_mesh_env()
-            if dist.is_initialized():  # a previous call died half-way through init
+            if dist.is_initialized():  # a previous call died before its own teardown
                 dist.destroy_process_group()
+            self._fresh_c10d_world()
             dist.init_process_group(
                 backend="threaded",
                 rank=rank,
@@ -408,6 +435,7 @@ class ThreadedWorld:
                 call.results[rank] = call.fn(rank)
             finally:
                 dist.destroy_process_group()
+                self._fresh_c10d_world()
         except BaseException as exc:  # SystemExit too: it is how woken ranks leave
             with call.lock:
                 first = call.first is None and not call.woken
@@ -419,6 +447,13 @@ class ThreadedWorld:
                 with pg._coll_lock:
                     pg.exception_handle(exc)
                 call.store.aborted.set()
+
+    def _fresh_c10d_world(self) -> None:
+        # This rank's c10d bookkeeping starts empty on every call, even after an
+        # init_process_group or new_group that failed half-way: group names come from a
+        # per-rank counter, and ranks whose counters differ wait for each other forever.
+        vars(self._t.thread_world).pop("world", None)
+        self._t.unregister_all()
 
     def _reset_mesh_env(self) -> None:
         # DeviceMesh keeps a per-thread stack of active meshes; a call that died inside
