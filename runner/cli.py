@@ -336,10 +336,44 @@ def cmd_fill(args: argparse.Namespace) -> int:
 
     files = spec_files(args.paths)
     changed_cases = changed_files = errors = 0
-    for path, shown in files:
-        result = fill_file(
-            path, shown, args.devices, write=not args.check, sharding_spec=args.sharding_spec
+    observe, pool = None, None
+    if args.engine:
+        from .executor import Pool, WorkerFault
+
+        pool = Pool()
+        what = "DTensor itself on the CPU" if args.engine == "native" else "torch_xla on the CPU"
+        print(
+            f"shardspec fill: running {what} (engine {args.engine}) to observe the values of "
+            "step cases; the shapes and placements written are what it gave"
         )
+
+        def observe(variant):
+            request = dict(variant.request, case=f"{variant.case.doc.path}::{variant.case.id}")
+            try:
+                return pool.run(args.engine, variant.n, request, 120.0).observation
+            except WorkerFault as fault:
+                raise UsageError(f"engine {args.engine} failed: {fault}") from None
+
+    try:
+        results = [
+            (
+                shown,
+                fill_file(
+                    path,
+                    shown,
+                    args.devices,
+                    write=not args.check,
+                    sharding_spec=args.sharding_spec,
+                    engine=args.engine,
+                    observe=observe,
+                ),
+            )
+            for path, shown in files
+        ]
+    finally:
+        if pool is not None:
+            pool.close()
+    for _shown, result in results:
         for line in result.lines:
             print(line)
         errors += result.errors
@@ -491,6 +525,13 @@ def parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="change nothing; exit with status 1 if a file would change, naming the cases",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("native", "xla"),
+        default=None,
+        help="for step cases (v1.1): run this engine (native: DTensor itself on the CPU) and "
+        "write each value's shape, placements and local_shape as it observed them",
     )
     p.add_argument(
         "--sharding-spec",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from typing import Any
 
@@ -44,7 +45,7 @@ from .protocol import (
     TensorRequest,
     ValueObservation,
 )
-from .threaded import ThreadedWorld
+from .threaded import ThreadedWorld, WorldBroken
 
 FAULT_ENV = "SHARDSPEC_TEST_FAULT"  # the worker's test-only fault injection, per rank here
 DEFAULT_TIMEOUT = 60.0
@@ -110,7 +111,13 @@ def _fault(req: Request, rank: int) -> None:
         if action == "rank_raise":
             raise RuntimeError(f"injected fault on rank {rank}")
         if action == "rank_hang":
-            time.sleep(3600)  # its peers wait in a collective; the world times out
+            # This rank never reaches the case's collectives (it returns at once); its
+            # peers wait in them until the world's timeout wakes them.
+            raise _SkipCase
+
+
+class _SkipCase(Exception):
+    """Test-only: a rank that leaves the case before its collectives."""
 
 
 def _piece(
@@ -144,7 +151,20 @@ def _merge_shards(per_rank: list[list[ShardObservation]]) -> list[ShardObservati
 def _run(req: Request, fn: Any) -> list[Any]:
     assert _world is not None, "start() first"
     timeout = float(req.get("timeout") or DEFAULT_TIMEOUT)  # type: ignore[union-attr]
-    return _world.run(fn, timeout)
+
+    def guarded(rank: int) -> Any:
+        try:
+            return fn(rank)
+        except _SkipCase:
+            return None
+
+    try:
+        return _world.run(guarded, timeout)
+    except WorldBroken as exc:
+        # A rank thread can't be stopped: only a new process helps. Dying makes the
+        # executor fail this case alone and start a fresh worker for the next one.
+        print(f"native engine: {exc}; restarting the worker", file=sys.stderr, flush=True)
+        os._exit(3)
 
 
 # --- v1 tensor cases -------------------------------------------------------------------

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .expand import expand
+from .expand import Variant, expand
+from .placements import Placement
 from .problems import SpecError
 from .program import is_steps_case
 from .spec import Case, read
@@ -33,15 +35,19 @@ class FillResult:
     errors: int = 0
 
 
-def flow(values: list[Any] | dict[str, Any]) -> str:
-    """A shape in YAML flow style, ``[3*n, 3]``, or a map by n, ``{4: "{replicated}"}``."""
-
-    def scalar(v: Any) -> str:
-        return str(v) if not isinstance(v, str) or _PLAIN.fullmatch(v) else json.dumps(v)
-
+def flow(values: Any) -> str:
+    """A value in YAML flow style: ``[3*n, 3]``, ``{4: "{replicated}"}``, nested maps."""
     if isinstance(values, dict):
-        return "{" + ", ".join(f"{k}: {scalar(v)}" for k, v in values.items()) + "}"
-    return "[" + ", ".join(scalar(v) for v in values) + "]"
+        return "{" + ", ".join(f"{k}: {flow(v)}" for k, v in values.items()) + "}"
+    if isinstance(values, list):
+        return "[" + ", ".join(flow(v) for v in values) + "]"
+    if isinstance(values, bool):
+        return "true" if values else "false"
+    return (
+        str(values)
+        if not isinstance(values, str) or _PLAIN.fullmatch(values)
+        else json.dumps(values)
+    )
 
 
 class Broken(Exception):
@@ -150,8 +156,81 @@ def _insertion(
     return last + 1, 0, lead + block
 
 
+Observe = Callable[[Variant], dict[str, Any]]
+
+
+def values_for(
+    case: Case, counts: tuple[int, ...], engine: str, observe: Observe
+) -> tuple[dict[str, Any], str | None]:
+    """For a step case: each value the case does not expect yet, with the ``shape``,
+    ``placements`` and ``local_shape`` an engine observed (a map by n where they change
+    with n). Raises Broken for a case with problems."""
+    if case.problems:
+        raise Broken("not filled: it has problems; run `shardspec validate` first")
+    expect = case.data.get("expect") or {}
+    seen: dict[str, dict[str, dict[str, Any]]] = {}  # value -> key -> n -> observed
+    ran = []
+    for n in counts:
+        variant = expand(case, engine, n)[0]
+        if variant.problems:
+            raise Broken(f"not filled: it has problems at n={n}; run `shardspec validate` first")
+        if variant.skip or variant.program is None:
+            continue
+        obs = observe(variant)
+        ran.append(n)
+        for key, view in (obs.get("values") or {}).items():
+            plan = variant.program.values.get(key)
+            if plan is None or plan.name is None or plan.name in expect or "shape" not in view:
+                continue
+            found = seen.setdefault(plan.name, {})
+            found.setdefault("shape", {})[str(n)] = view["shape"]
+            if "placements" in view:
+                shown = [str(_placement(p)) for p in view["placements"]]
+                found.setdefault("placements", {})[str(n)] = shown
+            if view.get("shards"):
+                piece = min(view["shards"], key=lambda s: s["device"])["shape"]
+                found.setdefault("local_shape", {})[str(n)] = piece
+    if not ran:
+        return (
+            {},
+            f"not filled: it runs on engine {engine} at none of n={', '.join(map(str, counts))}",
+        )
+    out: dict[str, Any] = {}
+    notes = []
+    for name, found in seen.items():
+        entry: dict[str, Any] = {}
+        for key, by_n in found.items():
+            if len(by_n) != len(ran):
+                continue  # not observed at every n (a step raised somewhere): left out
+            values = list(by_n.values())
+            if all(v == values[0] for v in values):
+                entry[key] = values[0]
+            elif key == "placements":
+                notes.append(f"{name}'s placements change with n, left out")
+            else:
+                entry[key] = by_n
+        if entry:
+            out[name] = entry
+    return out, "; ".join(notes) or None
+
+
+def _placement(raw: list) -> Placement:
+    if raw[0] == "shard":
+        return Placement("shard", raw[1])
+    if raw[0] == "partial":
+        return Placement("partial", reduce=raw[1] if len(raw) > 1 else None)
+    return Placement(raw[0])
+
+
 def fill_file(
-    path: Path, shown: str, counts: tuple[int, ...], *, write: bool, sharding_spec: bool = False
+    path: Path,
+    shown: str,
+    counts: tuple[int, ...],
+    *,
+    write: bool,
+    sharding_spec: bool = False,
+    engine: str | None = None,
+    observe: Observe | None = None,
 ) -> FillResult:
     """Fill one file (or, with ``write=False``, say what would change)."""
     result = FillResult()
@@ -173,7 +252,10 @@ def fill_file(
     for case in spec.cases:
         where = f"{shown}:{case.mark.line}:{case.mark.col}: {case.id}"
         try:
-            keys, note = shapes_for(case, counts, sharding_spec)
+            if observe is not None and engine is not None and is_steps_case(case.data):
+                keys, note = values_for(case, counts, engine, observe)
+            else:
+                keys, note = shapes_for(case, counts, sharding_spec)
         except Broken as exc:
             result.lines.append(f"{where}: {exc}")
             result.errors += 1
