@@ -8,7 +8,7 @@ runs the ops, calls torch_xla.sync(wait=True), and for every value reads its sha
 reads every device's piece, checks each piece equals the slice of the value it claims, and
 compares the value with the same ops on CPU tensors (torch.testing.assert_close).
 
-The programs are ones torch_xla 2.9 runs (see /tmp/xlafacts/FACTS.md): pointwise ops,
+The programs are ones torch_xla 2.9 runs (torch_xla 2.9 facts in ../shared/DESIGN.md, and measured): pointwise ops,
 reductions over a dim, transpose(0, 1) and softmax on distributed tensors, and the same ops
 after mark_sharding on a plain tensor. Sizes vary from case to case, so the cases are not all
 the same graph.
@@ -404,8 +404,11 @@ def measure(count: int, repeat: int) -> dict:
         for _ in range(repeat):
             for side in ("shardspec", "anchor"):
                 runs.append(run_side(side, directory))
-                print(json.dumps({k: v for k, v in runs[-1].items() if k != "tail"}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({k: v for k, v in runs[-1].items() if k != "tail"}),
+                    file=sys.stderr,
+                    flush=True,
+                )
     times = {
         side: [r["seconds"] for r in runs if r["side"] == side] for side in ("shardspec", "anchor")
     }
