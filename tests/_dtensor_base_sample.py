@@ -13,13 +13,16 @@ import os
 import threading
 
 import torch
-from torch.distributed.tensor import DeviceMesh, DTensor, Partial, Replicate, Shard
-from torch.distributed.tensor import distribute_tensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-from torch.testing._internal.distributed._tensor.common_dtensor import (
-    DTensorOpTestBase,
-    with_comms,
+from torch.distributed.tensor import (
+    DeviceMesh,
+    DTensor,
+    Partial,
+    Replicate,
+    Shard,
+    distribute_tensor,
 )
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.testing._internal.distributed._tensor.common_dtensor import DTensorOpTestBase
 
 _lock = threading.Lock()
 _found: dict[str, dict] = {}
@@ -51,12 +54,11 @@ class SampleTest(DTensorOpTestBase):
     def world_size(self) -> int:
         return 4
 
-    @with_comms
     def test_requests(self) -> None:
         requests = json.loads(open(os.environ["SHARDSPEC_BASE_REQUESTS"]).read())
         for name, req in requests.items():
             mesh = DeviceMesh(self.device_type, torch.arange(4).reshape(req["mesh"]))
-            seen = self._run(req, mesh)
+            seen = self._one_request(req, mesh)
             with _lock:
                 for key, (places, piece) in seen.items():
                     entry = _found.setdefault(name, {}).setdefault(
@@ -70,7 +72,7 @@ class SampleTest(DTensorOpTestBase):
             with open(os.environ["SHARDSPEC_BASE_OUT"], "w") as out:
                 json.dump(_found, out)
 
-    def _run(self, req: dict, mesh: DeviceMesh) -> dict:
+    def _one_request(self, req: dict, mesh: DeviceMesh) -> dict:
         values: dict[str, object] = {}
         if req["op"] == "tensor":
             x = _input(req["shape"], req["dtype"], req["seed"])

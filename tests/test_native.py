@@ -174,6 +174,8 @@ def test_native_engine_matches_dtensor_test_base_on_library_cases(tmp_path: Path
             "no:shardspec",
             "-p",
             "no:cacheprovider",
+            "-W",
+            "error::pytest.PytestUnhandledThreadExceptionWarning",
         ],
         capture_output=True,
         text=True,
@@ -209,4 +211,6 @@ def _pieces(view: dict) -> list | None:
     shards = view.get("shards")
     if not shards:
         return None
-    return [[s["device"], s["shape"], s["offset"]] for s in sorted(shards, key=lambda s: s["device"])]
+    return [
+        [s["device"], s["shape"], s["offset"]] for s in sorted(shards, key=lambda s: s["device"])
+    ]
