@@ -55,7 +55,8 @@ class SampleTest(DTensorOpTestBase):
         return 4
 
     def test_requests(self) -> None:
-        requests = json.loads(open(os.environ["SHARDSPEC_BASE_REQUESTS"]).read())
+        with open(os.environ["SHARDSPEC_BASE_REQUESTS"]) as handle:
+            requests = json.load(handle)
         for name, req in requests.items():
             mesh = DeviceMesh(self.device_type, torch.arange(4).reshape(req["mesh"]))
             seen = self._one_request(req, mesh)
@@ -101,7 +102,7 @@ class SampleTest(DTensorOpTestBase):
         seen = {}
         for key, value in values.items():
             if isinstance(value, DTensor):
-                shape, offset = compute_local_shape_and_global_offset(
+                _, offset = compute_local_shape_and_global_offset(
                     value.shape, mesh, value.placements
                 )
                 seen[key] = (
