@@ -122,6 +122,7 @@ def check_steps(variant: Variant, obs: StepsObservation) -> list[Failure]:
             )
     mesh = tuple(plan.request["mesh"])
     values = obs.get("values", {})
+    before = len(variant.unchecked)
     for key, value in plan.values.items():
         seen = values.get(key)
         if seen is None:
@@ -130,7 +131,17 @@ def check_steps(variant: Variant, obs: StepsObservation) -> list[Failure]:
                 variant.unchecked.append(f"{value.label}: not checked ({why})")
             continue
         failures.extend(_check_value(variant, value, seen, mesh, values))
+    variant.unchecked[before:] = _grouped(variant.unchecked[before:])
     return failures
+
+
+def _grouped(notes: list[str]) -> list[str]:
+    """``y: shards (...)``, ``z: shards (...)`` -> ``y, z: shards (...)``: one line per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for note in notes:
+        label, _, reason = note.partition(": ")
+        by_reason.setdefault(reason, []).append(label)
+    return [f"{', '.join(labels)}: {reason}" for reason, labels in by_reason.items()]
 
 
 def _step_error(step: Any, raised: ErrorInfo | None) -> list[Failure]:
