@@ -48,6 +48,12 @@ def _placements(raw: Any) -> str | None:
     return "[" + ", ".join(shown) + "]"
 
 
+def reported_placements(view: Mapping[str, Any], mesh: tuple[int, ...]) -> Any:
+    from .check_steps import reported_placements as reported  # the checker's own reading
+
+    return reported(view, mesh)  # type: ignore[arg-type]
+
+
 def digest(variant: Variant, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per value, what an engine observed, in a form that compares across engines."""
     out: dict[str, dict[str, Any]] = {}
@@ -58,8 +64,9 @@ def digest(variant: Variant, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]
         for key, view in (obs.get("values") or {}).items():
             plan = variant.program.values.get(key)
             label = plan.label if plan else key
+            reported = reported_placements(view, tuple(variant.program.request["mesh"]))
             out[label] = {
-                "placements": _placements(view.get("placements")),
+                "placements": _placements(reported and [p.as_json() for p in reported]),
                 "pieces": _pieces(view.get("shards") or []) or None,
                 "values": _values_ok(view),
                 "error": (view.get("placements_error") or {}).get("type"),

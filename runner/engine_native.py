@@ -210,7 +210,6 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
 
     torch.manual_seed(req["seed"])  # in the main thread: threads share the generator
     reference = build(req["layers"])
-    placed = req["params"]
     forward = req.get("forward")
     x_cpu = None
     if forward:
@@ -228,16 +227,8 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
         _fault(req, rank)
         model = copy.deepcopy(reference)
         mesh = _mesh(req["mesh"])
-
-        def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
-            for param_name, param in list(module.named_parameters(recurse=False)):
-                full = f"{module_name}.{param_name}" if module_name else param_name
-                if full in placed:
-                    dist = distribute_tensor(param, device_mesh, _placements(placed[full]))
-                    module.register_parameter(param_name, nn.Parameter(dist))
-
         try:
-            sharded = distribute_module(model, mesh, partition)
+            sharded = distribute_model(model, req, mesh)
         except Exception as exc:
             return {"error": error_info(exc)}
         params: dict[str, Any] = {}
@@ -249,9 +240,8 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
             params[name] = entry
         out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
         if x_cpu is not None:
-            x = distribute_tensor(x_cpu, mesh, [Replicate()] * mesh.ndim, src_data_rank=None)
             with torch.no_grad():
-                got = sharded(x)
+                got = sharded(x_cpu)  # input_fn distributes it (Replicate by default)
                 got = got.full_tensor() if isinstance(got, DTensor) else got
             diff = (got - want).abs()
             out["forward"] = {
@@ -278,13 +268,64 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
 # --- v1.1 steps ------------------------------------------------------------------------
 
 
+def module_fns(spec: Any) -> dict[str, Any]:
+    """distribute_module's input_fn and output_fn. On native the input is distributed as
+    Replicate() on every mesh axis unless input_placements says otherwise (settled 15)."""
+    fns: dict[str, Any] = {}
+    raw = spec.get("input_placements")
+
+    def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
+        wanted = _placements(raw) if raw is not None else [Replicate()] * device_mesh.ndim
+        return tuple(
+            t.redistribute(device_mesh, wanted)
+            if isinstance(t, DTensor)
+            else distribute_tensor(t, device_mesh, wanted, src_data_rank=None)
+            if isinstance(t, torch.Tensor)
+            else t
+            for t in inputs
+        )
+
+    fns["input_fn"] = input_fn
+    if spec.get("output_placements") is not None:
+        out_wanted = _placements(spec["output_placements"])
+
+        def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
+            if isinstance(outputs, DTensor):
+                return outputs.redistribute(device_mesh, out_wanted)
+            return distribute_tensor(outputs, device_mesh, out_wanted, src_data_rank=None)
+
+        fns["output_fn"] = output_fn
+    return fns
+
+
+def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh) -> nn.Module:
+    """distribute_module with each placed parameter made a DTensor parameter; DTensor then
+    replicates the rest (settled point 15)."""
+    placed = spec["params"]
+
+    def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        for param_name, param in list(module.named_parameters(recurse=False)):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if full in placed:
+                dist = distribute_tensor(
+                    param, device_mesh, _placements(placed[full]), src_data_rank=None
+                )
+                module.register_parameter(param_name, nn.Parameter(dist))
+
+    return distribute_module(
+        model, mesh, partition if spec.get("partition", True) else None, **module_fns(spec)
+    )
+
+
 class NativeBackend(interpreter.Backend):
     """One rank's view: the DTensor API on DeviceMesh("cpu"), torch ops on DTensors."""
 
-    def __init__(self, req: StepsRequest, rank: int):
+    def __init__(self, req: StepsRequest, rank: int, model: nn.Module | None = None):
         super().__init__(req)
         self.rank = rank
         self.mesh = _mesh(req["mesh"], req.get("mesh_names"))
+        if model is not None and req.get("module") is not None:
+            self.model = distribute_model(copy.deepcopy(model), req["module"], self.mesh)
 
     def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
         x = data.clone().requires_grad_(spec["requires_grad"])
@@ -349,9 +390,12 @@ def run_steps(req: StepsRequest) -> StepsObservation:
         if raised is not None:
             return {"reference_error": raised}
 
+    # Built once, in this thread: the ranks share torch's generator (settled in threaded.py).
+    model = interpreter.build_model(req) if req.get("module") is not None else None
+
     def rank_fn(rank: int) -> StepsObservation:
         _fault(req, rank)
-        return interpreter.run(NativeBackend(req, rank), snapshots)
+        return interpreter.run(NativeBackend(req, rank, model), snapshots)
 
     results = _run(req, rank_fn)
     first = results[0]

@@ -149,19 +149,10 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
     torch.manual_seed(req["seed"])
     reference = build(req["layers"])
     device = torch_xla.device()
-    # Move first: distributing CPU params would shard copies, not the module's own.
-    model = copy.deepcopy(reference).to(device)
     mesh = _mesh(req["mesh"])
     placed = req["params"]  # the shard rules were matched once, by expand
-
-    def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
-        for param_name, param in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if full in placed:
-                distribute_tensor(param, device_mesh, [_placement(p) for p in placed[full]])
-
     try:
-        sharded = distribute_module(model, mesh, partition)
+        sharded = distribute_model(copy.deepcopy(reference), req, mesh, device)
     except Exception as exc:
         return {"error": _error(exc)}
     originals = dict(reference.named_parameters())
@@ -187,7 +178,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
             x = torch.randn(forward["input_shape"], generator=gen)
         with torch.no_grad():
             want = reference(x)
-            got = sharded(x.to(device)).cpu()
+            got = XlaBackend._global(sharded(x.to(device))).detach().cpu()
         diff = (got - want).abs()
         out["forward"] = {
             "shape": list(got.shape),
@@ -245,6 +236,10 @@ class XlaBackend(interpreter.Backend):
         super().__init__(req)
         self.mesh = _mesh(req["mesh"])
         self.device = torch_xla.device()
+        if req.get("module") is not None:
+            self.model = distribute_model(
+                interpreter.build_model(req), req["module"], self.mesh, self.device
+            )
 
     def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
         if spec["placements"] is None:
@@ -355,6 +350,52 @@ class XlaBackend(interpreter.Backend):
                 shards = XLAShardedTensor(glob.detach()).local_shards
             out["shards"] = _observe_shards(shards, data)
         return out
+
+
+def module_fns(spec: Any) -> dict[str, Any]:
+    """distribute_module's input_fn and output_fn for input_placements/output_placements."""
+    fns: dict[str, Any] = {}
+    if spec.get("input_placements") is not None:
+        wanted = _placements(spec["input_placements"])
+
+        def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
+            return tuple(
+                t.redistribute(device_mesh, wanted)
+                if isinstance(t, DTensor)
+                else distribute_tensor(t, device_mesh, wanted)
+                if isinstance(t, torch.Tensor)
+                else t
+                for t in inputs
+            )
+
+        fns["input_fn"] = input_fn
+    if spec.get("output_placements") is not None:
+        out_wanted = _placements(spec["output_placements"])
+
+        def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
+            if isinstance(outputs, DTensor):
+                return outputs.redistribute(device_mesh, out_wanted)
+            return distribute_tensor(outputs, device_mesh, out_wanted)
+
+        fns["output_fn"] = output_fn
+    return fns
+
+
+def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh, device: Any) -> nn.Module:
+    """The case's module on XLA: moved to the device first (distributing CPU parameters
+    shards copies), then distribute_module with the placed parameters annotated in place."""
+    model = model.to(device)
+    placed = spec["params"]
+
+    def partition(module_name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        for param_name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if full in placed:
+                distribute_tensor(param, device_mesh, _placements(placed[full]))
+
+    return distribute_module(
+        model, mesh, partition if spec.get("partition", True) else None, **module_fns(spec)
+    )
 
 
 def run_steps(req: StepsRequest) -> StepsObservation:

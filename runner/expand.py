@@ -147,7 +147,9 @@ def _plan(variant: Variant, max_elements: int) -> None:
     if "timeout" in data:
         variant.description["timeout"] = data["timeout"]
     found = Collected(r)
-    if variant.case.kind == "module":
+    if variant.case.kind == "module" and program.is_steps_case(data):
+        _plan_steps(variant, r, max_elements, _module_spec(variant, r, max_elements))
+    elif variant.case.kind == "module":
         _plan_module(variant, r, found, max_elements)
     elif program.is_steps_case(data):
         _plan_steps(variant, r, max_elements)
@@ -157,8 +159,38 @@ def _plan(variant: Variant, max_elements: int) -> None:
     variant.unchecked = found.unchecked + r.notes
 
 
-def _plan_steps(variant: Variant, r: Resolver, max_elements: int) -> None:
-    plan = program.build(r, variant.requires_grad, max_elements)
+def _module_spec(variant: Variant, r: Resolver, max_elements: int) -> program.ModuleSpec:
+    """A module case's model for its steps, with the shard rules matched here, once."""
+    mesh = r.mesh()
+    layers = _layers(r, max_elements)
+    shapes = {f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()}
+    variant.param_layouts = _placed(r, mesh, shapes)
+    inp, out = _io_placements(r, mesh)
+    return program.ModuleSpec(
+        layers,
+        variant.param_layouts,
+        shapes,
+        inp,
+        out,
+        partition=bool(r.case.data.get("shard")),
+    )
+
+
+def _io_placements(r: Resolver, mesh: tuple[int, ...]) -> tuple[Any, Any]:
+    """input_placements and output_placements: distribute_module's input_fn and output_fn."""
+    data = r.case.data
+    inp = out = None
+    if data.get("input_placements") is not None:
+        inp = r.placements(data["input_placements"], ("input_placements",), mesh, None)
+    if data.get("output_placements") is not None:
+        out = r.placements(data["output_placements"], ("output_placements",), mesh, None)
+    return inp, out
+
+
+def _plan_steps(
+    variant: Variant, r: Resolver, max_elements: int, module: program.ModuleSpec | None = None
+) -> None:
+    plan = program.build(r, variant.requires_grad, max_elements, module)
     variant.program = plan
     variant.request = plan.request
     variant.description.update(
@@ -288,6 +320,7 @@ def _plan_module(variant: Variant, r: Resolver, found: Collected, max_elements: 
     shapes = {f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()}
     variant.param_layouts = _placed(r, mesh, shapes)
     variant.description.update(mesh=list(mesh), module={n: str(layer) for n, layer in layers})
+    inp, out = _io_placements(r, mesh)
     request: ModuleRequest = {
         "op": "module",
         "mesh": list(mesh),
@@ -296,6 +329,9 @@ def _plan_module(variant: Variant, r: Resolver, found: Collected, max_elements: 
             name: [p.as_json() for p in placed.placements]
             for name, placed in variant.param_layouts.items()
         },
+        "partition": bool(r.case.data.get("shard")),
+        "input_placements": None if inp is None else [p.as_json() for p in inp],
+        "output_placements": None if out is None else [p.as_json() for p in out],
         "seed": _seed(variant.case),
     }
     variant.request = request

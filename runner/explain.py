@@ -242,6 +242,11 @@ def steps_lines(variant: Variant) -> list[str]:
     values = program.values
     for spec in program.request["tensors"]:
         lines += _value_line(spec["name"], values[spec["name"]], mesh)
+    params = [k for k, v in values.items() if k.startswith("model.") and v.made_by is None]
+    if params:
+        lines += ["", "  module parameters (each shard rule's placements; no rule: not placed):"]
+        for key in params:
+            lines += _value_line(key, values[key], mesh)
     lines += ["", "  steps:"]
     by_step: dict[int, list[str]] = defaultdict(list)
     for key, plan in values.items():
@@ -257,7 +262,14 @@ def steps_lines(variant: Variant) -> list[str]:
                 f"      must raise {step.error.value['type']}{match}; the steps after it don't run"
             )
         for key in by_step.get(step.index, []):
-            label = "its result, read right after it" if key.startswith("@") else key
+            plan = values[key]
+            label = (
+                "its result, read right after it"
+                if key.startswith("@")
+                else plan.label
+                if plan.name is None
+                else key
+            )
             lines += _value_line(label, values[key], mesh, pad="       ")
     if program.engines is not None:
         lines += [

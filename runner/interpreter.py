@@ -150,6 +150,11 @@ class Backend:
 
     def __init__(self, req: StepsRequest):
         self.req = req
+        self.model: Any = None  # a module case's model, as the engine distributed it
+
+    def forward(self, x: Any) -> Any:
+        """model(x): the module's forward, on the engine's distributed module."""
+        return self.model(x)
 
     def tensor(self, spec: InputTensor, data: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -178,10 +183,16 @@ XLA_CALLS = {"mark_sharding", "clear_sharding", "sync"}
 
 
 def _lookup(values: dict[str, Any], name: str, backend: Backend | None = None) -> Any:
+    """A value by name: a tensor or step result, a module parameter (``model.fc1.weight``),
+    or the gradient of either (``NAME.grad``)."""
     if name in values:
         return values[name]
-    if name.endswith(".grad") and name[: -len(".grad")] in values:
-        base = values[name[: -len(".grad")]]
+    if name.startswith("model.") and backend is not None and backend.model is not None:
+        params = dict(backend.model.named_parameters())
+        if name[len("model.") :] in params:
+            return params[name[len("model.") :]]
+    if name.endswith(".grad"):
+        base = _lookup(values, name[: -len(".grad")], backend)
         if isinstance(base, NoReference) or not getattr(backend, "grads_known", True):
             return NO_REFERENCE
         grad = getattr(base, "grad", None)
@@ -216,6 +227,15 @@ def _splits(step: StepJson, args: list) -> bool:
     return False
 
 
+def _sgd_step(model: Any, lr: float) -> None:
+    """Every parameter p -= lr * p.grad, then its gradient is zeroed (DESIGN.md v1.1)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.sub_(p.grad * lr)
+                p.grad.zero_()
+
+
 def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
     args = [_bind(a, values, backend) for a in step["args"]]
     kwargs = {k: _bind(v, values, backend) for k, v in step["kwargs"].items()}
@@ -229,6 +249,18 @@ def call(backend: Backend, step: StepJson, values: dict[str, Any]) -> Any:
         return result
     if name in XLA_CALLS:
         return backend.xla_call(step, args, kwargs)
+    if name == "model":
+        result = backend.forward(args[0])
+        if backend.reference:
+            backend.per_device(result, args, kwargs)  # type: ignore[attr-defined]
+        return result
+    if name == "sgd_step":
+        _sgd_step(backend.model, args[0])
+        return None
+    if name == "zero_grad":
+        for p in backend.model.parameters():
+            p.grad = None
+        return None
     if name == "backward":
         value, grad = args[0], kwargs.get("grad", args[1] if len(args) > 1 else None)
         if backend.reference and backend.per_device(value, args, kwargs):  # type: ignore[attr-defined]
@@ -298,7 +330,13 @@ def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObser
         if reads:
             backend.before_reads()
             for read in reads:
-                read_now(read, result)
+                if read["name"] is None:
+                    read_now(read, result)
+                else:  # a named value right after this step (a parameter after sgd_step)
+                    try:
+                        read_now(read, _lookup(values, read["name"], backend))
+                    except LookupError:
+                        continue
     if not failed:
         backend.before_reads()
     ran = {o["index"] for o in outcomes if "error" not in o}
@@ -383,6 +421,8 @@ class ReferenceBackend(Backend):
         super().__init__(req)
         self.local: set[int] = set()  # ids of per-device values and what was made from them
         self.grads_known = True
+        if req.get("module") is not None:
+            self.model = build_model(req)  # the same model, unsharded, on the CPU
 
     def per_device(self, result: Any, args: list, kwargs: dict, made_here: bool = False) -> bool:
         """Mark ``result`` per-device when it is made from one; says whether it is."""
@@ -436,6 +476,18 @@ class ReferenceBackend(Backend):
         if isinstance(value, torch.Tensor):
             return value.detach().clone()
         return value
+
+
+def build_model(req: StepsRequest) -> Any:
+    """The case's module with its initial weights: every engine builds the same one."""
+    from .engine_layers import build
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(req["module"]["seed"])
+    try:
+        return build(req["module"]["layers"])
+    finally:
+        torch.random.set_rng_state(gen_state)
 
 
 def run_reference(req: StepsRequest) -> tuple[dict[str, Any], StepOutcome | None]:

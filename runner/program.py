@@ -77,6 +77,7 @@ class ValuePlan:
         return next((e for e in self.expects if e.name == name), None)
 
     target: str | None = None  # the step's own name for its result, if it has one
+    read_name: str | None = None  # a named value read right after ``step`` (not its result)
 
     @property
     def label(self) -> str:
@@ -130,7 +131,24 @@ def _tolerance(value: Any, dtype: str | None) -> tuple[float, float]:
     return atol, rtol
 
 
-def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program:
+@dataclass
+class ModuleSpec:
+    """A module case's model, as expand resolved it: layers and each placed parameter."""
+
+    layers: list  # [(name, Layer)]
+    placed: dict  # parameter name -> ParamLayout
+    shapes: dict[str, tuple[int, ...]]  # every parameter's shape
+    input_placements: tuple[Placement, ...] | None = None
+    output_placements: tuple[Placement, ...] | None = None
+    partition: bool = True  # the case has shard: rules (else distribute_module has no fn)
+
+
+def build(
+    r: Resolver,
+    requires_grad: bool | None,
+    max_elements: int,
+    module: ModuleSpec | None = None,
+) -> Program:
     """Resolve a steps case for this n; raises resolve.Invalid at the first problem."""
     case, n = r.case, r.n
     data = case.data
@@ -175,6 +193,18 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
         )
         plans[name] = _plan_value(name, None, case.locate(path), values[name], places, mesh, None)
 
+    if module is not None:
+        # Parameters are values: model.fc1.weight (and, after backward, its .grad).
+        for param, shape in module.shapes.items():
+            placed = module.placed.get(param)
+            asked = placed.placements if placed is not None else None
+            name = f"model.{param}"
+            values[name] = ValueInfo(shape, "float32", asked is not None, asked, True, True)
+            rule = ("shard", placed.rule, "placements") if placed is not None else ("module",)
+            plans[name] = _plan_value(
+                name, None, case.locate(rule), values[name], asked, mesh, None
+            )
+
     raw_steps = data.get("steps") or []
     later = _targets(raw_steps)
     steps: list[StepPlan] = []
@@ -207,6 +237,7 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
                 mesh_names=names,
                 later={k: v for k, v in later.items() if v > index},
                 lenient=error is not None,
+                layers=module.layers if module is not None else None,
             )
         except CallError as exc:
             raise r.fail(path, f"step {index} ({short(text, 80)}): {exc.message}") from None
@@ -253,6 +284,17 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
         for name, info in resolved.defines.items():
             values[name] = info
             plans[name] = _plan_value(name, None, mark, info, None, mesh, index)
+        if module is not None and resolved.call == "sgd_step":
+            # Every placed parameter keeps its placements after each step (issue 11): read
+            # right after the step, against the placements its rule asked for.
+            for param, placed in module.placed.items():
+                name = f"model.{param}"
+                plan = _plan_value(name, index, mark, values[name], placed.placements, mesh, index)
+                plan.key = f"{name}@{index}"
+                plan.target = name
+                plan.name = None
+                plan.read_name = name
+                plans[plan.key] = plan
         if isinstance(raw, dict) and "expect" in raw:
             if resolved.result is None:
                 raise r.fail(
@@ -267,6 +309,7 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
     _case_expectations(r, plans, mesh)
     request: StepsRequest = {
         "op": "steps",
+        "module": _module_json(module, zlib.crc32(f"{seed_base}::model".encode())),
         "mesh": list(mesh),
         "mesh_names": list(names) if names else None,
         "tensors": tensors,
@@ -275,6 +318,25 @@ def build(r: Resolver, requires_grad: bool | None, max_elements: int) -> Program
         "reference": True,
     }
     return Program(request, plans, steps, engines, xla_only)
+
+
+def _module_json(module: ModuleSpec | None, seed: int) -> dict | None:
+    if module is None:
+        return None
+
+    def places(p: tuple[Placement, ...] | None) -> list | None:
+        return None if p is None else [x.as_json() for x in p]
+
+    return {
+        "layers": [(name, layer.as_json()) for name, layer in module.layers],
+        "params": {
+            name: [p.as_json() for p in placed.placements] for name, placed in module.placed.items()
+        },
+        "partition": module.partition,
+        "seed": seed,
+        "input_placements": places(module.input_placements),
+        "output_placements": places(module.output_placements),
+    }
 
 
 def _prod(shape: tuple[int, ...]) -> int:
@@ -340,7 +402,7 @@ def _read(plan: ValuePlan) -> ReadJson:
     equals = [e.value["equals"] for e in plan.expects if e.name == "values" and "equals" in e.value]
     return {
         "key": plan.key,
-        "name": plan.name,
+        "name": plan.name or plan.read_name,
         "step": plan.step,
         "rtol": plan.rtol,
         "equals": equals,

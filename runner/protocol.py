@@ -48,6 +48,9 @@ class ModuleRequest(TypedDict):
     mesh: list[int]
     layers: list[tuple[str, LayerJson]]
     params: dict[str, list[PlacementJson]]  # parameter name -> placements (non-negative dims)
+    partition: bool  # False (no shard: rules): distribute_module without a partition function
+    input_placements: list[PlacementJson] | None  # distribute_module's input_fn
+    output_placements: list[PlacementJson] | None  # distribute_module's output_fn
     seed: int
     forward: NotRequired[ForwardRequest]
     case: NotRequired[str]
@@ -157,8 +160,20 @@ class ReadJson(TypedDict):
     made_by: int | None  # the step that makes the value (None: an input)
 
 
+class StepsModule(TypedDict):
+    """A module case's model for its steps: built, then distribute_module'd."""
+
+    layers: list[tuple[str, LayerJson]]
+    params: dict[str, list[PlacementJson]]  # the placed parameters (rules matched by expand)
+    partition: bool  # False: distribute_module without a partition function
+    seed: int  # torch.manual_seed before building: the same initial weights everywhere
+    input_placements: list[PlacementJson] | None
+    output_placements: list[PlacementJson] | None
+
+
 class StepsRequest(TypedDict):
     op: Literal["steps"]
+    module: StepsModule | None
     mesh: list[int]
     mesh_names: list[str] | None
     tensors: list[InputTensor]
