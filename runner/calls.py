@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import expr, oracle
-from .layers import Layer
+from .layers import Layer, LayerError, output_shapes
 from .placements import Placement
 from .stepgrammar import DTYPES, DType, Expr, Name, Step, format_value
 from .words import did_you_mean
@@ -1415,13 +1415,10 @@ def _model(ctx: _Ctx, sem: dict[str, Any]) -> tuple[ValueInfo, dict]:
             problem = first.input_problem(list(shape))
             if problem:
                 raise ctx.fail(f"model: {problem.replace('forward.input_shape', x.name)}", "x")
-        features = None
-        for _, layer in layers:
-            features = layer.features_out(features)
-        if first.kind == "Embedding":
-            shape = (*shape, features or first.sizes[1])
-        elif features is not None:
-            shape = (*shape[:-1], features)
+        try:
+            shape = output_shapes(layers, tuple(shape))[-1]
+        except LayerError as exc:
+            raise ctx.fail(f"model: {exc}", "x") from None
     if layers and layers[0][1].kind == "Embedding":
         dtype = "float32"
     return ValueInfo(shape, dtype, True, None, True, False), {}

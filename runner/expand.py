@@ -18,7 +18,7 @@ from typing import Any
 
 from . import expectations, oracle, program, xla_sharding
 from .expectations import Collected, Expect, ParamLayout
-from .layers import Layer, LayerError, chain_problem, parse_layer
+from .layers import Layer, LayerError, chain_problem, output_shapes, parse_layer
 from .problems import Problem
 from .program import Program
 from .protocol import ModuleRequest, Request, TensorRequest
@@ -354,6 +354,10 @@ def _forward(
     problem = layers[0][1].input_problem(shape)
     if problem:
         raise r.fail(path, problem)
+    try:
+        output_shapes(layers, tuple(shape))
+    except LayerError as exc:
+        raise r.fail(path, f"forward.input_shape {shape}: {exc}") from None
     if math.prod(shape) > max_elements:
         raise r.fail(
             path, f"forward.input_shape {shape} is over the limit of {max_elements} elements"

@@ -173,7 +173,7 @@ def module_lines(case: Case, variant: Variant) -> list[str]:
     mesh = request["mesh"]
     lines = [f"  mesh        {mesh}: {variant.n} device(s)"]
     layers = [
-        (name, Layer(j["kind"], tuple(j["sizes"]), j["bias"])) for name, j in request["layers"]
+        (name, Layer.from_json(j)) for name, j in request["layers"]
     ]
     lines.append("  module      " + ", ".join(f"{name}: {layer}" for name, layer in layers))
     rules = case.data.get("shard") or []

@@ -31,6 +31,7 @@ class LayerJson(TypedDict):
     kind: str
     sizes: list[int]
     bias: bool
+    options: NotRequired[dict]  # every other argument, torch's defaults filled in
 
 
 class ForwardRequest(TypedDict):

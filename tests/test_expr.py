@@ -215,7 +215,10 @@ def test_layers_parse_with_sizes_in_n():
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("Conv2d(3, 8)", "unknown layer 'Conv2d'; allowed layers: Linear(in, out[, bias=false])"),
+        (
+            "MultiheadAttention(8, 2)",
+            "unknown layer 'MultiheadAttention'; allowed layers: Linear(in, out[, bias=false])",
+        ),
         ("Linaer(8, 4)", "did you mean Linear?"),
         ("Linear(8)", "Linear takes 2 size(s) (in_features, out_features), not 1"),
         ("Linear(8, 4, bias=maybe)", "takes true or false, not 'maybe'"),
