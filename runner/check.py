@@ -417,6 +417,16 @@ def _replicated_note(marked: dict[str, str]) -> str:
 
 def _check_forward(tolerance: dict[str, float], mark: Mark, fwd: Any) -> list[Failure]:
     fwd = fwd or {}
+    if "error" in fwd:
+        return [
+            Failure(
+                "step_error",
+                "the forward raised",
+                mark,
+                "no error",
+                _error_text(fwd["error"]),
+            )
+        ]
     atol = tolerance["atol"]
     if fwd.get("shape") != fwd.get("expected_shape"):
         return [

@@ -240,9 +240,13 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
             params[name] = entry
         out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
         if x_cpu is not None:
-            with torch.no_grad():
-                got = sharded(x_cpu)  # input_fn distributes it (Replicate by default)
-                got = got.full_tensor() if isinstance(got, DTensor) else got
+            try:
+                with torch.no_grad():
+                    got = sharded(x_cpu)  # input_fn distributes it (Replicate by default)
+                    got = got.full_tensor() if isinstance(got, DTensor) else got
+            except Exception as exc:  # DTensor's own gaps (no sharding strategy) are facts
+                out["forward"] = {"error": error_info(exc)}  # type: ignore[typeddict-item]
+                return out
             diff = (got - want).abs()
             out["forward"] = {
                 "shape": list(got.shape),

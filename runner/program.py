@@ -307,6 +307,10 @@ def build(
             plans[key] = plan
             _value_expectations(r, plan, raw["expect"], ("steps", index - 1, "expect"), mesh, plans)
     _case_expectations(r, plans, mesh)
+    for plan in plans.values():
+        # A parameter read right after an sgd_step keeps the tolerance its case declared.
+        if plan.read_name and plan.read_name in plans:
+            plan.atol, plan.rtol = plans[plan.read_name].atol, plans[plan.read_name].rtol
     request: StepsRequest = {
         "op": "steps",
         "module": _module_json(module, zlib.crc32(f"{seed_base}::model".encode())),

@@ -75,7 +75,10 @@ def predict_or_none(
 
 
 def placements_from_spec(
-    spec: str, mesh_shape: Sequence[int], rank: int
+    spec: str,
+    mesh_shape: Sequence[int],
+    rank: int,
+    prefer: Sequence[Placement] | None = None,
 ) -> tuple[Placement, ...] | None:
     """DTensor placements on this mesh whose predicted string is ``spec`` (None: none does).
 
@@ -83,6 +86,14 @@ def placements_from_spec(
     every candidate is predicted and compared, Replicate first, so that an axis of size 1
     reads as Replicate(). At most (rank + 1) ** mesh rank candidates: 64 for a 3-D mesh.
     """
+    # Several placements give the same string (a Shard over an axis of size 1 is a
+    # Replicate): the ones asked for win when they fit, so n=1 reads back as asked.
+    if prefer is not None and len(prefer) == len(mesh_shape):
+        try:
+            if predict(mesh_shape, prefer, rank) == spec:
+                return tuple(p.normalized(rank) for p in prefer)
+        except ValueError:
+            pass
     options = [Placement("replicate")] + [Placement("shard", d) for d in range(rank)]
     for choice in itertools.product(options, repeat=len(mesh_shape)):
         try:
