@@ -207,11 +207,15 @@ __PARAMS__
 ]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_case(case):
+@pytest.mark.parametrize(
+    "name, mesh, placements, shape, local_shape, dtype, requires_grad",
+    CASES,
+    ids=[case[0] for case in CASES],
+)
+def test_case(name, mesh, placements, shape, local_shape, dtype, requires_grad):
     from _checks import run
 
-    run(case)
+    run(name, mesh, placements, shape, local_shape, dtype, requires_grad)
 '''
 
 PARAM_CHECKS = (
@@ -239,11 +243,10 @@ def mesh_of(shape):
     return MESHES[shape]
 
 
-def run(case):
-    placements = [Shard(p[1]) if p[0] == "shard" else Replicate() for p in case["placements"]]
+def run(name, mesh, placements, shape, local_shape, dtype, requires_grad):
+    placements = [Shard(p[1]) if p[0] == "shard" else Replicate() for p in placements]
     check_case(
-        case["mesh"], placements, case["shape"], case["local_shape"], case["dtype"],
-        case["requires_grad"], zlib.crc32(case["id"].encode()),
+        mesh, placements, shape, local_shape, dtype, requires_grad, zlib.crc32(name.encode())
     )
 '''
     + CHECKS
@@ -297,7 +300,7 @@ import torch_xla  # noqa: E402
 import torch_xla.runtime as xr  # noqa: E402
 '''
     + CHECKS
-    + '''
+    + """
 
 class GeneratedXLAIntegrationTest(TestCase):
 __METHODS__
@@ -305,7 +308,7 @@ __METHODS__
 
 if __name__ == "__main__":
     run_tests()
-'''
+"""
 )
 
 BARE_LOOP = (
@@ -338,7 +341,7 @@ def mesh_of(shape):
 
 '''
     + CHECKS
-    + '''
+    + """
 
 CASES = [
 __ROWS__
@@ -348,7 +351,7 @@ for row in CASES:
     check_case(*row)
     passed += 1
 print(f"{passed} passed in {time.perf_counter() - began:.2f}s")
-'''
+"""
 )
 
 
@@ -365,9 +368,8 @@ def param_anchor(count: int) -> str:
     for case in cases(count):
         mesh, places, shape, local = _row(case)
         params.append(
-            f"    pytest.param({{'id': '{case['id']}', 'mesh': {mesh}, 'placements': {places}, "
-            f"'shape': {shape}, 'local_shape': {local}, 'dtype': '{case['dtype']}', "
-            f"'requires_grad': {case['requires_grad']}}}, id='{case['id']}'),"
+            f"    ('{case['id']}', {mesh}, {places}, {shape}, {local}, '{case['dtype']}', "
+            f"{case['requires_grad']}),"
         )
     return PARAM_ANCHOR.replace("__COUNT__", str(count)).replace("__PARAMS__", "\n".join(params))
 

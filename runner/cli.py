@@ -7,6 +7,7 @@ expression parser and the oracle (DTensor's rules in pure Python).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cache
 from .expand import Variant, expand, parse_device_counts
 from .problems import Mark, Problem
 from .report import table
@@ -135,12 +136,15 @@ class Found:
         return {**self.problem.as_json(), "devices": self.devices or None}
 
 
-def problems_of(spec: SpecFile, counts: tuple[int, ...]) -> tuple[list[Found], list[Problem]]:
+def problems_of(
+    spec: SpecFile, counts: tuple[int, ...], expanded: cache.Expanded | None = None
+) -> tuple[list[Found], list[Problem]]:
     """Every problem of a file that needs no device, one per place in the file, and the
-    warnings: things that run but may not mean what the author thinks."""
+    warnings: things that run but may not mean what the author thinks. ``expanded``: the
+    file's variants on xla at ``counts``, already made (from the cache)."""
     out = [Found(p) for p in spec.problems]
     warnings: list[Problem] = []
-    for case in spec.cases:
+    for index, case in enumerate(spec.cases):
         if case.problems:
             out.extend(Found(p) for p in case.problems)
             continue
@@ -148,7 +152,7 @@ def problems_of(spec: SpecFile, counts: tuple[int, ...]) -> tuple[list[Found], l
         fine = []
         kinds: set[str] = set()
         for n in counts:
-            variants = variants_of(case, n)
+            variants = expanded.of(index, "xla", n) if expanded else variants_of(case, n)
             verdicts = [verdict(v) for v in variants]
             kinds.update(v.kind for v in verdicts)
             if not any(v.kind in ("error", "skip") for v in verdicts):
@@ -192,6 +196,14 @@ def _warnings(case: Case, counts: tuple[int, ...], kinds: set[str]) -> list[Prob
     return out
 
 
+def _checked(
+    expanded: cache.Expanded, counts: tuple[int, ...]
+) -> tuple[int, list[Found], list[Problem]]:
+    """One file's case count, problems and warnings (what validate prints of it)."""
+    mine, warnings = problems_of(expanded.spec, counts, expanded)
+    return len(expanded.spec.cases), mine, warnings
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
     counts: tuple[int, ...] = args.devices
@@ -199,13 +211,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warned: list[Problem] = []
     cases = 0
     bad_files = 0
+    # Shared with pytest run on the same paths: <its cache_dir>/d/shardspec (runner.cache).
+    store = cache.command_store([Path(p) for p in args.paths], enabled=not args.no_cache)
+    keys = [("xla", n) for n in counts]
+    # Files are checked one per core, in forked processes; each sends back its problems.
+    checked = functools.partial(_checked, counts=counts)
+    ahead = store.prefetch(files, keys, then=checked, all_files=True)
     for path, shown in files:
-        spec = read(path, shown)
-        cases += len(spec.cases)
-        mine, warnings = problems_of(spec, counts)
+        done = ahead.take(path, shown) if ahead is not None else None
+        count, mine, warnings = done[1] if done else checked(store.expanded(path, shown, keys))
+        cases += count
         bad_files += bool(mine)
         found.extend(mine)
         warned.extend(warnings)
+    store.close()
     if args.format == "json":
         document = {
             "devices": list(counts),
@@ -464,6 +483,12 @@ def parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         default="text",
         help="text (default): one line per problem; json: one JSON document",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read every file afresh, and keep nothing (by default, files read and checked "
+        "before are taken from pytest's cache folder, .pytest_cache, as pytest does)",
     )
     p.set_defaults(run=cmd_validate)
 

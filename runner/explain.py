@@ -172,9 +172,7 @@ def module_lines(case: Case, variant: Variant) -> list[str]:
     request = variant.request or {}
     mesh = request["mesh"]
     lines = [f"  mesh        {mesh}: {variant.n} device(s)"]
-    layers = [
-        (name, Layer.from_json(j)) for name, j in request["layers"]
-    ]
+    layers = [(name, Layer.from_json(j)) for name, j in request["layers"]]
     lines.append("  module      " + ", ".join(f"{name}: {layer}" for name, layer in layers))
     rules = case.data.get("shard") or []
     for i, rule in enumerate(rules):

@@ -6,6 +6,7 @@ and judge the plain observations that come back (runner.check).
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from collections import Counter, defaultdict
@@ -14,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from . import coverage, disagree, report, summary
+from . import cache, coverage, disagree, report, summary
 from .check import check, failed_checks
 from .executor import Pool, WorkerFault
-from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand, parse_device_counts
+from .expand import DEFAULT_MAX_ELEMENTS, Variant, parse_device_counts
 from .problems import Problem
-from .spec import DEFAULT_ENGINES, SUFFIXES, parse_engines, read
+from .spec import DEFAULT_ENGINES, SUFFIXES, parse_engines
 from .verdict import verdict
 
 DEFAULT_DEVICES = (4,)
@@ -73,6 +74,8 @@ class Run:
             (here / arg.split("::")[0]).resolve() for arg in config.args if not arg.startswith("-")
         }
         self.pool = Pool()
+        self._store: cache.Store | None = None
+        self._prefetched = False
         self._counts: tuple[int, ...] | None = None
         self.cases: dict[str, set[str]] = defaultdict(set)  # file -> case ids found
         self.items: dict[str, str] = {}  # nodeid -> file, for the selected items
@@ -80,6 +83,8 @@ class Run:
         # The reports' side of the ledger, filled from the reports themselves (so under
         # xdist too): each item's record (coverage.record), its time, its skip reason.
         self.records: dict[str, dict[str, Any]] = {}
+        self._collected: dict[str, pytest.Item] = {}  # nodeid -> item, until read
+        self._gc_was_on: bool | None = None  # while collection pauses the collector
         self.durations: dict[str, float] = defaultdict(float)
         self.skips: dict[str, str] = {}
         self.ran: set[str] = set()  # items whose test body ran (checks were made or not)
@@ -90,6 +95,27 @@ class Run:
                 f"--shardspec-report {report_path}: the file must end in .md (Markdown) or .html"
             )
         self.report_path = (config.invocation_params.dir / report_path) if report_path else None
+
+    def store(self) -> cache.Store:
+        """Expanded spec files kept under pytest's cache dir (off with -p no:cacheprovider)."""
+        if self._store is None:
+            pytest_cache = getattr(self.config, "cache", None)
+            self._store = cache.Store(pytest_cache.mkdir(cache.NAME) if pytest_cache else None)
+        return self._store
+
+    def prefetch(self, keys: list[cache.Key]) -> None:
+        """Once a session, when the first spec file is collected: the spec files this run
+        collects are read and expanded ahead, one process per core (runner.cache)."""
+        if self._prefetched:
+            return
+        self._prefetched = True
+        if hasattr(self.config, "workerinput"):
+            return  # under xdist, the workers already share the cores
+        here = self.config.invocation_params.dir
+        norecurse = self.config.getini("norecursedirs")
+        paths = cache.spec_paths(self.config.args, here, self.wants, norecurse)
+        files = [(path, os.path.relpath(path, here)) for path in paths]
+        self.store().prefetch(files, keys, self.max_elements)
 
     def device_counts(self) -> tuple[int, ...]:
         """The counts to run: --devices, or the runtime's own count when PJRT_DEVICE is set."""
@@ -122,9 +148,52 @@ class Run:
         for item in session.items:
             if isinstance(item, CaseItem | ProblemItem):
                 self.items[item.nodeid] = item.parent.nodeid
+                # Read when the session ends, and only for items that never reported.
+                self._collected[item.nodeid] = item
+        if self._store is not None:
+            self._store.close()  # files read ahead but not collected (-k does not matter)
+        # Everything collected lives for the session: the collector need not walk it
+        # again (a large suite has millions of objects, and pytest collects at exit).
+        self.resume_gc(freeze=bool(self._collected))
+
+    def pause_gc(self) -> None:
+        """From the first spec file to the end of collection, the cyclic collector rests:
+        the objects made all stay alive, and walking them again and again costs more
+        than making them (runner.cache.no_gc)."""
+        if self._gc_was_on is None:
+            self._gc_was_on = gc.isenabled()
+            gc.disable()
+
+    def resume_gc(self, freeze: bool = False) -> None:
+        if self._gc_was_on is None:
+            return
+        if freeze:
+            gc.freeze()
+        if self._gc_was_on:
+            gc.enable()
+        self._gc_was_on = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        if isinstance(item, CaseItem):
+            item.ensure_record()  # before any report of the item: the record travels with it
+
+    def _records_from_collection(self) -> None:
+        """The records of collected items, in collection order (a report's record wins)."""
+        if not self._collected:
+            return
+        merged: dict[str, dict[str, Any]] = {}
+        for nodeid, item in self._collected.items():
+            rec = self.records.get(nodeid)
+            if rec is None:
+                if isinstance(item, CaseItem):
+                    item.ensure_record()
                 rec = coverage.record_in(item.user_properties)
-                if rec is not None:
-                    self.records[item.nodeid] = rec
+            if rec is not None:
+                merged[nodeid] = rec
+        merged.update(self.records)
+        self.records = merged
+        self._collected = {}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -168,11 +237,13 @@ class Run:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.resume_gc()  # if collection stopped before its end
         if exitstatus == pytest.ExitCode.OK and self.missing():
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.report_path is not None and not hasattr(self.config, "workerinput"):
             # One code path with and without xdist: the records came with the reports
             # (or, for items that never reported, from collection).
+            self._records_from_collection()
             matrix = coverage.Matrix()
             for nodeid, rec in self.records.items():
                 outcome = self.outcomes.get(nodeid, "not run")
@@ -187,6 +258,7 @@ class Run:
             tr.write_line(f"shardspec: coverage report written to {self.report_path}")
         if self.config.option.collectonly:
             return
+        self._records_from_collection()
         cases = self.cases
         if not cases:  # the xdist controller collects nothing: read cases off the reports
             cases = defaultdict(set)
@@ -305,6 +377,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(run.pool.close)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n``, the tests of one engine x device count go to one xdist worker, so that
+    each (engine, n) worker subprocess is started once per run (runner.scheduler)."""
+    from .scheduler import make_scheduler
+
+    return make_scheduler(config, log)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if parent.config.stash[RUN_KEY].wants(file_path):
         return SpecFile.from_parent(parent, path=file_path)
@@ -318,18 +399,29 @@ class SpecFile(pytest.File):
         run = self.config.stash[RUN_KEY]
         # Messages name the file as seen from where pytest was started (clickable there).
         shown = os.path.relpath(self.path, self.config.invocation_params.dir)
-        spec = read(self.path, shown)
+        keys = [(engine, n) for engine in run.engines for n in run.device_counts()]
+        run.prefetch(keys)
+        run.pause_gc()  # until the end of collection
+        found = run.store().expanded(self.path, shown, keys, run.max_elements)
+        yield from self._items(run, found)
+
+    def _items(self, run: Run, found: cache.Expanded):
+        spec = found.spec
         ledger = run.cases.setdefault(self.nodeid, set())  # listed even with no case
         if spec.problems:
             yield ProblemItem.from_parent(self, name=FILE_ITEM, problems=spec.problems)
-        for case in spec.cases:
+        for index, case in enumerate(spec.cases):
             ledger.add(case.id)
             for engine in run.engines:
                 for n in run.device_counts():
-                    for variant in expand(case, engine, n, max_elements=run.max_elements):
+                    for variant in found.of(index, engine, n):
+                        name = f"{case.id}[{variant.name}]"
                         yield CaseItem.from_parent(
                             self,
-                            name=f"{case.id}[{variant.name}]",
+                            name=name,
+                            # Given whole, so that pytest (9.2 parses ids into names and
+                            # [params]) reads it as --lf's records do: FILE::CASE[PARAMS].
+                            nodeid=f"{self.nodeid}::{name}",
                             variant=variant,
                             file_problems=spec.problems,
                         )
@@ -407,9 +499,7 @@ class CaseItem(SpecItem):
         super().__init__(**kwargs)
         self.variant = variant
         self.file_problems = file_problems
-        self.user_properties.append(
-            coverage.record(variant, self.nodeid, broken=bool(file_problems))
-        )
+        self._recorded = False  # the record is made when the item runs (ensure_record)
         self.verdict = verdict(variant, file_problems, registered_marks(self.config))
         if self.verdict.kind == "error":
             return  # a broken case fails: no skip, xfail or mark may hide it
@@ -465,7 +555,17 @@ class CaseItem(SpecItem):
             raise ShardspecFailure(report.unexpected(xfail.checks or (), failures) + "\n\n" + text)
         raise CaseFailed(text)
 
+    def ensure_record(self) -> None:
+        """The item's record (coverage.record) in its user_properties: made once, when it
+        runs or, for one that never runs, when the session ends."""
+        if not self._recorded:
+            self._recorded = True
+            self.user_properties.append(
+                coverage.record(self.variant, self.nodeid, broken=bool(self.file_problems))
+            )
+
     def _refresh_record(self, digest: dict | None = None) -> None:
+        self.ensure_record()
         fresh = coverage.record(
             self.variant, self.nodeid, broken=bool(self.file_problems), digest=digest
         )

@@ -1,4 +1,11 @@
-"""The spec schema: found once, compiled once per process, errors turned into plain words."""
+"""The spec schema: found once, compiled once per process, errors turned into plain words.
+
+Two validators read the one schema. ``jsonschema-rs`` (compiled Rust) answers "is this
+document valid?" fast; only a document it rejects goes to ``jsonschema`` (pure Python),
+whose errors and ``best_match`` make the messages. So a valid file costs the fast check
+alone, and every message is exactly what the Python validator says. The fast one must
+never accept what the Python one rejects (tests/test_fastpath.py checks both agree).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,15 @@ import functools
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from .problems import Mark, Problem
 from .words import did_you_mean
 from .yamlload import Document, JsonPath, short
+
+if TYPE_CHECKING:  # jsonschema is imported only when a document fails the fast check
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 _PACKAGED = Path(__file__).with_name("spec.schema.json")  # inside an installed wheel
 _SOURCE = Path(__file__).resolve().parent.parent / "schema" / "spec.schema.json"  # the checkout
@@ -28,14 +36,115 @@ def schema_path() -> Path:
 
 
 @functools.cache
+def schema_bytes() -> bytes:
+    """The schema file's bytes (part of the collection cache's key)."""
+    return schema_path().read_bytes()
+
+
+@functools.cache
 def schema() -> dict:
-    return json.loads(schema_path().read_text(encoding="utf-8"))
+    return json.loads(schema_bytes().decode("utf-8"))
 
 
 @functools.cache
 def validator() -> Draft202012Validator:
-    """The compiled validator; built once per process."""
+    """The compiled validator that explains errors; built once per process."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
+
+
+# What Python's re means by \s in a str pattern (str.isspace); ECMA-262 regexes, which
+# jsonschema-rs follows, differ: they leave out U+001C-U+001F and U+0085, and add U+FEFF.
+PYTHON_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+# Escapes that mean the same in both dialects (a literal character); \s is rewritten.
+_SAME_ESCAPES = set("tnrfv.()[]{}\\|/^$*+?-")
+
+
+def python_regex(pattern: str) -> str:
+    """``pattern`` rewritten so that an ECMA-262 engine matches exactly what Python's
+    ``re.search`` (jsonschema's) matches: ``\\s`` as Python's class, and ``$`` also before a
+    final newline, as Python's ``$`` does. ValueError for anything it can't vouch for."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped == "s":
+                out.append(PYTHON_SPACE if in_class else f"[{PYTHON_SPACE}]")
+            elif escaped and escaped in _SAME_ESCAPES:
+                out.append(char + escaped)
+            else:
+                raise ValueError(f"no rewrite for \\{escaped} in {pattern!r}")
+            i += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        elif char == "$" and not in_class:
+            char = "\n?$"
+        elif char == "." and not in_class:
+            raise ValueError(f"no rewrite for '.' in {pattern!r}")  # newline rules differ
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def fast_schema(node: Any) -> Any:
+    """The schema with every ``pattern`` (and ``patternProperties`` key) in Python's sense."""
+    if isinstance(node, list):
+        return [fast_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "pattern" and isinstance(value, str):
+            out[key] = python_regex(value)
+        elif key == "patternProperties" and isinstance(value, dict):
+            out[key] = {python_regex(k): fast_schema(v) for k, v in value.items()}
+        elif key in ("properties", "$defs", "examples", "default", "const", "enum"):
+            # names and values, not subschemas: kept, with subschemas below rewritten
+            out[key] = (
+                {k: fast_schema(v) for k, v in value.items()}
+                if key in ("properties", "$defs") and isinstance(value, dict)
+                else value
+            )
+        else:
+            out[key] = fast_schema(value)
+    return out
+
+
+@functools.cache
+def fast_validator() -> Any:
+    """The compiled ``jsonschema-rs`` validator, or None where it is not installed (or the
+    schema has a pattern whose meaning in Python it can't reproduce)."""
+    try:
+        import jsonschema_rs
+    except ImportError:  # pragma: no cover - a platform without its wheel: the slow path
+        return None
+    try:
+        rewritten = fast_schema(schema())
+    except ValueError:  # pragma: no cover - a new pattern needs a rewrite rule first
+        return None
+    # As the Python validator does without a format checker: `format` only annotates.
+    return jsonschema_rs.Draft202012Validator(rewritten, validate_formats=False)
+
+
+def fast_valid(data: Any) -> bool:
+    """True when the fast validator says the document is valid; False when it says not,
+    can't read the data, or is not there (then the Python validator decides)."""
+    fast = fast_validator()
+    if fast is None:
+        return False
+    try:
+        return bool(fast.is_valid(data))
+    except Exception:  # data it can't take (a number JSON can't hold): the slow path
+        return False
 
 
 MAX_ERRORS = 200  # per file: more is noise, and each costs time on a huge broken file
@@ -43,6 +152,15 @@ MAX_ERRORS = 200  # per file: more is noise, and each costs time on a huge broke
 
 def validate(doc: Document) -> tuple[list[Problem], dict[int, list[Problem]]]:
     """Schema problems of the whole file, and of each case (by index), in plain words."""
+    if fast_valid(doc.data):
+        return [], {}
+    return validate_slow(doc)
+
+
+def validate_slow(doc: Document) -> tuple[list[Problem], dict[int, list[Problem]]]:
+    """:func:`validate` by the Python validator alone (what makes every message)."""
+    from jsonschema.exceptions import best_match
+
     file_errors: list[ValidationError] = []
     case_errors: dict[int, list[ValidationError]] = defaultdict(list)
     last_case: int | None = None

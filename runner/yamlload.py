@@ -8,6 +8,7 @@ timestamps stay strings, and aliases can't blow up memory or nesting.
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ MAX_CHARS = 2 * MAX_BYTES
 MAX_DIGITS = 100  # no size in a spec needs more; Python refuses over 4300 anyway
 
 _TAG = "tag:yaml.org,2002:"
+_STR = _TAG + "str"
 _BOOL_WORDS = {"true": True, "false": False}
 _KEY_TAGS = {_TAG + kind for kind in ("str", "null", "bool", "int", "float", "timestamp")}
 _constructor = yaml.constructor.SafeConstructor()
@@ -40,23 +42,50 @@ JsonPath = tuple[str | int, ...]
 
 @dataclass
 class Document:
-    """A loaded spec file: plain data plus the position of every value and key."""
+    """A loaded spec file: plain data plus the position of every value and key.
+
+    Positions are kept as ints (:func:`_pos`; a :class:`Mark` is made when one is asked
+    for): a file of 1,000 cases has some 40,000 of them, and the cache pickles them all.
+    """
 
     path: str
     data: Any
-    marks: dict[JsonPath, Mark] = field(default_factory=dict)
-    key_marks: dict[JsonPath, Mark] = field(default_factory=dict)
+    marks: dict[JsonPath, int] = field(default_factory=dict)
+    key_marks: dict[JsonPath, int] = field(default_factory=dict)
+
+    # Pickled (runner.cache), the positions travel as one packed blob, unpacked on first
+    # use: collecting 10,000 cached cases needs none of their 400,000 positions, and a
+    # run needs them only for its messages and report lines.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if "marks" in state:
+            packed = (state.pop("marks"), state.pop("key_marks"))
+            state["_packed_marks"] = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for a missing attribute: the positions of an unpickled document.
+        packed = self.__dict__.pop("_packed_marks", None) if name in _MARK_FIELDS else None
+        if packed is None:
+            raise AttributeError(name)
+        self.__dict__["marks"], self.__dict__["key_marks"] = pickle.loads(packed)
+        return self.__dict__[name]
 
     def mark(self, path: JsonPath) -> Mark:
         """Position of the value at ``path``, or of its nearest located parent."""
         path = tuple(path)
         while path not in self.marks and path:
             path = path[:-1]
-        return self.marks.get(path, Mark(1, 1))
+        pos = self.marks.get(path)
+        return Mark(1, 1) if pos is None else _as_mark(pos)
 
     def key_mark(self, path: JsonPath) -> Mark:
         """Position of the key that holds ``path`` (falls back to the value)."""
-        return self.key_marks.get(tuple(path)) or self.mark(path)
+        pos = self.key_marks.get(tuple(path))
+        return self.mark(path) if pos is None else _as_mark(pos)
 
     def has(self, path: JsonPath) -> bool:
         return tuple(path) in self.marks
@@ -66,8 +95,24 @@ class Document:
         return Problem(self.path, mark, message)
 
 
+_MARK_FIELDS = ("marks", "key_marks")
+
+
 def _mark(node: yaml.Node) -> Mark:
     return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+_COLUMN_BITS = 32
+
+
+def _pos(node: yaml.Node) -> int:
+    """A node's position as one int: line and column, 1-based (see :func:`_as_mark`)."""
+    start = node.start_mark
+    return (start.line + 1) << _COLUMN_BITS | (start.column + 1)
+
+
+def _as_mark(pos: int) -> Mark:
+    return Mark(pos >> _COLUMN_BITS, pos & ((1 << _COLUMN_BITS) - 1))
 
 
 def short(value: object, limit: int = 60) -> str:
@@ -84,8 +129,8 @@ class _Merged:
     key: str
     value: Any
     source: yaml.Node  # the merged map (an alias gives the anchored map), for messages
-    marks: dict[JsonPath, Mark]
-    key_marks: dict[JsonPath, Mark]
+    marks: dict[JsonPath, int]
+    key_marks: dict[JsonPath, int]
 
 
 class _Builder:
@@ -119,6 +164,17 @@ class _Builder:
             )
 
     def build(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
+        if node.__class__ is yaml.ScalarNode and depth <= self.max_depth:
+            # The common case, inlined (a spec is mostly scalars): the same budget, the
+            # same position, and plain text returned as is.
+            self.count += 1
+            self.chars += len(node.value)
+            if self.count > self.max_nodes or self.chars > self.max_chars:
+                self.spend(node, 0, 0)  # raises, with the budget's message
+            self.doc.marks.setdefault(path, _pos(node))
+            if node.tag == _STR:
+                return node.value
+            return self.scalar(node)
         self.spend(node, len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
         if depth > self.max_depth:
             raise self.fail(
@@ -126,7 +182,7 @@ class _Builder:
             )
         if id(node) in self.active:
             raise self.fail(node, "an alias refers to its own anchor (a loop); remove it")
-        self.doc.marks.setdefault(path, _mark(node))
+        self.doc.marks.setdefault(path, _pos(node))
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
         self.active.add(id(node))
@@ -188,7 +244,7 @@ class _Builder:
             self.check_split_calls(node, path)
         out: dict[str, Any] = {}
         merged: list[_Merged] = []
-        seen: dict[str, Mark] = {}
+        seen: dict[str, int] = {}  # key -> its position (see _pos)
         for key_node, value_node in node.value:
             if key_node.tag == _TAG + "merge":
                 key = "<<"
@@ -200,7 +256,7 @@ class _Builder:
                 key = key_node.value
             self.spend(key_node, len(key), values=0)
             if key in seen:
-                first = seen[key]
+                first = _as_mark(seen[key])
                 advice = (
                     "merge the maps in one: <<: [*a, *b]" if key == "<<" else "remove or rename one"
                 )
@@ -209,13 +265,14 @@ class _Builder:
                     f"duplicate key '{short(key)}' (first at line {first.line}, again at line "
                     f"{_mark(key_node).line}); each key may appear once in a map: {advice}",
                 )
-            seen[key] = _mark(key_node)
+            seen[key] = _pos(key_node)
             if key_node.tag == _TAG + "merge":
                 merged = self.merge(value_node, path, depth)
                 continue
-            self.doc.key_marks[(*path, key)] = _mark(key_node)
-            self.doc.marks.pop((*path, key), None)
-            out[key] = self.build(value_node, (*path, key), depth + 1)
+            where = (*path, key)
+            self.doc.key_marks[where] = seen[key]
+            self.doc.marks.pop(where, None)
+            out[key] = self.build(value_node, where, depth + 1)
         if not merged:
             return out
         # As YAML loaders do: the merged entries first, in order, then the map's own; a key
@@ -230,7 +287,7 @@ class _Builder:
                     [
                         Problem(
                             self.doc.path,
-                            seen["<<"],
+                            _as_mark(seen["<<"]),
                             f"'{short(entry.key)}' is in more than one of the maps merged here "
                             f"with '<<' ({lines}), and YAML tools disagree on which one wins; "
                             "keep it in one of them, or set it in this map",
