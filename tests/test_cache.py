@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -346,7 +347,12 @@ def test_a_file_changed_after_it_was_read_ahead_is_read_again(
     files = three_files(tmp_path)
     store = Store(None)  # no cache: what was read ahead comes back through the pool
     ahead = store.prefetch(files, [("xla", 4)])
-    assert ahead is not None
+    if ahead is None:
+        # Reading ahead forks, so it happens only when no other thread runs; an earlier
+        # test in this process may have left one (a worker's stderr reader).
+        assert threading.active_count() > 1
+        store.close()
+        pytest.skip("other threads run in this process, so nothing is read ahead")
     for future in ahead.futures.values():
         future.result()
     path, shown = files[0]
