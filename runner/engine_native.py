@@ -23,13 +23,12 @@ from torch.distributed.tensor import (
     DTensor,
     Partial,
     Replicate,
-    Shard,
     distribute_module,
     distribute_tensor,
 )
 
 from . import interpreter
-from .interpreter import error_info, make_input
+from .interpreter import error_info, make_input, placement_json, to_placements
 from .protocol import (
     InputTensor,
     ModuleObservation,
@@ -66,29 +65,6 @@ def start(devices: int) -> dict[str, Any]:
         "device_type": "cpu (DTensor, threaded process group)",
         "torch": torch.__version__,
     }
-
-
-def _placement(spec: list) -> Any:
-    if spec[0] == "shard":
-        return Shard(spec[1])
-    if spec[0] == "partial":
-        return Partial(spec[1] if len(spec) > 1 else "sum")
-    return Replicate()
-
-
-def _placements(raw: list) -> list:
-    return [_placement(p) for p in raw]
-
-
-def _placement_json(p: Any) -> list:
-    if isinstance(p, Shard):
-        return ["shard", int(p.dim)]
-    if isinstance(p, Partial):
-        op = str(getattr(p, "reduce_op", "sum"))
-        return ["partial"] if op == "sum" else ["partial", op]
-    if isinstance(p, Replicate):
-        return ["replicate"]
-    return [type(p).__name__]
 
 
 def _mesh(shape: list[int], names: list[str] | None = None) -> DeviceMesh:
@@ -178,13 +154,13 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
         mesh = _mesh(req["mesh"])
         began = time.perf_counter()
         try:
-            dt = distribute_tensor(x, mesh, _placements(req["placements"]))
+            dt = distribute_tensor(x, mesh, to_placements(req["placements"]))
         except Exception as exc:
             return {"error": error_info(exc)}
         seconds = time.perf_counter() - began
         return {
             "type": type(dt).__name__,
-            "placements": [_placement_json(p) for p in dt.placements],
+            "placements": [placement_json(p) for p in dt.placements],
             "global_shape": list(dt.shape),
             "dtype": str(dt.dtype).removeprefix("torch."),
             # Settled point 12: on native, requires_grad and is_leaf read the DTensor.
@@ -235,7 +211,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
         for name, param in sharded.named_parameters():
             entry: dict[str, Any] = {"shape": list(param.shape), "type": type(param.data).__name__}
             if isinstance(param, DTensor):
-                entry["placements"] = [_placement_json(p) for p in param.placements]
+                entry["placements"] = [placement_json(p) for p in param.placements]
                 entry["shards"] = [_piece(param.to_local(), param, originals[name], rank)]
             params[name] = entry
         out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
@@ -279,7 +255,7 @@ def module_fns(spec: Any) -> dict[str, Any]:
     raw = spec.get("input_placements")
 
     def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
-        wanted = _placements(raw) if raw is not None else [Replicate()] * device_mesh.ndim
+        wanted = to_placements(raw) if raw is not None else [Replicate()] * device_mesh.ndim
         return tuple(
             t.redistribute(device_mesh, wanted)
             if isinstance(t, DTensor)
@@ -291,7 +267,7 @@ def module_fns(spec: Any) -> dict[str, Any]:
 
     fns["input_fn"] = input_fn
     if spec.get("output_placements") is not None:
-        out_wanted = _placements(spec["output_placements"])
+        out_wanted = to_placements(spec["output_placements"])
 
         def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
             if isinstance(outputs, DTensor):
@@ -312,7 +288,7 @@ def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh) -> nn.Module
             full = f"{module_name}.{param_name}" if module_name else param_name
             if full in placed:
                 dist = distribute_tensor(
-                    param, device_mesh, _placements(placed[full]), src_data_rank=None
+                    param, device_mesh, to_placements(placed[full]), src_data_rank=None
                 )
                 module.register_parameter(param_name, nn.Parameter(dist))
 
@@ -336,23 +312,25 @@ class NativeBackend(interpreter.Backend):
         if spec["placements"] is None:
             return x  # a plain tensor, on the CPU (settled point 6)
         # Every rank holds the same data: split locally, without a collective.
-        return distribute_tensor(x, self.mesh, _placements(spec["placements"]), src_data_rank=None)
+        return distribute_tensor(
+            x, self.mesh, to_placements(spec["placements"]), src_data_rank=None
+        )
 
     def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
         name = step["call"]
         if kwargs.get("grad_placements") is not None:
-            kwargs = dict(kwargs, grad_placements=_placements(kwargs["grad_placements"]))
+            kwargs = dict(kwargs, grad_placements=to_placements(kwargs["grad_placements"]))
         if name == "distribute_tensor":
-            return distribute_tensor(args[0], self.mesh, _placements(args[1]), **kwargs)
+            return distribute_tensor(args[0], self.mesh, to_placements(args[1]), **kwargs)
         if name == "redistribute":
-            return args[0].redistribute(self.mesh, _placements(args[1]), **kwargs)
+            return args[0].redistribute(self.mesh, to_placements(args[1]), **kwargs)
         if name == "to_local":
             return args[0].to_local(**kwargs)
         if name == "full_tensor":
             return args[0].full_tensor(**kwargs)
         if name == "from_local":
             return DTensor.from_local(
-                args[0], self.mesh, _placements(args[1]), **interpreter.from_local_kwargs(kwargs)
+                args[0], self.mesh, to_placements(args[1]), **interpreter.from_local_kwargs(kwargs)
             )
         raise ValueError(f"unknown DTensor call {name}")
 
@@ -378,7 +356,7 @@ class NativeBackend(interpreter.Backend):
         )
         if isinstance(value, DTensor):
             try:
-                out["placements"] = [_placement_json(p) for p in value.placements]
+                out["placements"] = [placement_json(p) for p in value.placements]
             except Exception as exc:
                 out["placements_error"] = error_info(exc)
                 return out

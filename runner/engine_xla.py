@@ -20,9 +20,6 @@ from torch import nn
 from torch.distributed.tensor import (
     DeviceMesh,
     DTensor,
-    Partial,
-    Replicate,
-    Shard,
     distribute_module,
     distribute_tensor,
 )
@@ -31,7 +28,7 @@ from torch_xla.distributed.spmd import XLAShardedTensor
 from . import interpreter
 from .engine_layers import build
 from .interpreter import error_info as _error
-from .interpreter import make_input
+from .interpreter import make_input, placement_json, to_placement, to_placements
 from .protocol import (
     InputTensor,
     ModuleObservation,
@@ -59,14 +56,6 @@ def start() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_xla": torch_xla.__version__,
     }
-
-
-def _placement(spec: list, rank: int | None = None):
-    kind = spec[0]
-    if kind == "shard":
-        dim = spec[1]
-        return Shard(dim + rank if rank is not None and dim < 0 else dim)
-    return Replicate() if kind == "replicate" else Partial()
 
 
 def _mesh(shape: list[int]) -> DeviceMesh:
@@ -119,7 +108,7 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
     if req["requires_grad"]:
         x.requires_grad_(True)
     mesh = _mesh(req["mesh"])
-    placements = [_placement(p) for p in req["placements"]]
+    placements = [to_placement(p) for p in req["placements"]]
     began = time.perf_counter()
     try:
         dist = distribute_tensor(x, mesh, placements)
@@ -129,7 +118,7 @@ def run_tensor(req: TensorRequest) -> TensorObservation:
     glob = getattr(dist, "global_tensor", dist)
     shards = _observe_shards(getattr(dist, "local_shards", []), x.detach())
     try:  # what the wrapper reports: for "engines disagree" ([Shard(0), Shard(0)] differs)
-        reported = [_placement_json(p) for p in dist.placements]
+        reported = [placement_json(p) for p in dist.placements]
     except Exception:
         reported = None
     return {
@@ -209,28 +198,6 @@ def run(req: Request) -> Observation:
 # --- v1.1: steps --------------------------------------------------------------------
 
 
-def _placement_json(p: Any) -> list:
-    """A torch placement object as the protocol writes it."""
-    if isinstance(p, Shard):
-        return ["shard", int(p.dim)]
-    if isinstance(p, Replicate):
-        return ["replicate"]
-    if isinstance(p, Partial):
-        op = str(getattr(p, "reduce_op", "sum"))
-        return ["partial"] if op == "sum" else ["partial", op]
-    return [type(p).__name__]
-
-
-def _placements(raw: list) -> list:
-    out = []
-    for p in raw:
-        if p[0] == "partial":
-            out.append(Partial(p[1] if len(p) > 1 else "sum"))
-        else:
-            out.append(_placement(p))
-    return out
-
-
 class XlaBackend(interpreter.Backend):
     """Runs steps as a DTensor user does on torch_xla: the DTensor API on what
     distribute_tensor returned, torch ops on those objects; XLA's own API for
@@ -250,23 +217,23 @@ class XlaBackend(interpreter.Backend):
             # A plain tensor lives on the XLA device (settled point 6), as a leaf.
             return data.to(self.device).detach().requires_grad_(spec["requires_grad"])
         x = data.clone().requires_grad_(spec["requires_grad"])
-        return distribute_tensor(x, self.mesh, _placements(spec["placements"]))
+        return distribute_tensor(x, self.mesh, to_placements(spec["placements"]))
 
     def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
         name = step["call"]
         if "grad_placements" in kwargs and kwargs["grad_placements"] is not None:
-            kwargs = dict(kwargs, grad_placements=_placements(kwargs["grad_placements"]))
+            kwargs = dict(kwargs, grad_placements=to_placements(kwargs["grad_placements"]))
         if name == "distribute_tensor":
-            return distribute_tensor(args[0], self.mesh, _placements(args[1]), **kwargs)
+            return distribute_tensor(args[0], self.mesh, to_placements(args[1]), **kwargs)
         if name == "redistribute":
-            return args[0].redistribute(self.mesh, _placements(args[1]), **kwargs)
+            return args[0].redistribute(self.mesh, to_placements(args[1]), **kwargs)
         if name == "to_local":
             return args[0].to_local(**kwargs)
         if name == "full_tensor":
             return args[0].full_tensor(**kwargs)
         if name == "from_local":
             return DTensor.from_local(
-                args[0], self.mesh, _placements(args[1]), **interpreter.from_local_kwargs(kwargs)
+                args[0], self.mesh, to_placements(args[1]), **interpreter.from_local_kwargs(kwargs)
             )
         raise ValueError(f"unknown DTensor call {name}")
 
@@ -334,7 +301,7 @@ class XlaBackend(interpreter.Backend):
         )
         if isinstance(value, DTensor):
             try:
-                out["placements"] = [_placement_json(p) for p in value.placements]
+                out["placements"] = [placement_json(p) for p in value.placements]
             except Exception as exc:
                 out["placements_error"] = interpreter.error_info(exc)
         glob = self._global(value)
@@ -366,7 +333,7 @@ def module_fns(spec: Any) -> dict[str, Any]:
     """distribute_module's input_fn and output_fn for input_placements/output_placements."""
     fns: dict[str, Any] = {}
     if spec.get("input_placements") is not None:
-        wanted = _placements(spec["input_placements"])
+        wanted = to_placements(spec["input_placements"])
 
         def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
             return tuple(
@@ -380,7 +347,7 @@ def module_fns(spec: Any) -> dict[str, Any]:
 
         fns["input_fn"] = input_fn
     if spec.get("output_placements") is not None:
-        out_wanted = _placements(spec["output_placements"])
+        out_wanted = to_placements(spec["output_placements"])
 
         def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
             if isinstance(outputs, DTensor):
@@ -401,7 +368,7 @@ def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh, device: Any)
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             if full in placed:
-                distribute_tensor(param, device_mesh, _placements(placed[full]))
+                distribute_tensor(param, device_mesh, to_placements(placed[full]))
 
     return distribute_module(
         model, mesh, partition if spec.get("partition", True) else None, **module_fns(spec)

@@ -43,6 +43,36 @@ DTYPES = {
 RTOL = {torch.float16: 1e-3, torch.bfloat16: 1.6e-2, torch.float32: 1.3e-6, torch.float64: 1e-7}
 
 
+def to_placement(spec: list) -> Any:
+    """A placement on the wire (``["shard", d]``, ``["replicate"]``, ``["partial", op]``) as
+    a torch placement object: what every engine passes to the DTensor API."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    if spec[0] == "shard":
+        return Shard(spec[1])
+    if spec[0] == "partial":
+        return Partial(spec[1] if len(spec) > 1 else "sum")
+    return Replicate()
+
+
+def to_placements(raw: list) -> list:
+    return [to_placement(p) for p in raw]
+
+
+def placement_json(p: Any) -> list:
+    """A torch placement object as the protocol writes it."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    if isinstance(p, Shard):
+        return ["shard", int(p.dim)]
+    if isinstance(p, Partial):
+        op = str(getattr(p, "reduce_op", "sum"))
+        return ["partial"] if op == "sum" else ["partial", op]
+    if isinstance(p, Replicate):
+        return ["replicate"]
+    return [type(p).__name__]
+
+
 class NoReference:
     """A reference value that can't be known (``to_local`` of an untracked value)."""
 
