@@ -49,7 +49,8 @@ def collect(side: str, state: str, root: Path) -> dict:
             shutil.rmtree(cwd / ".pytest_cache", ignore_errors=True)
         cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "test_cases.py"]
         cmd += ["-p", "no:shardspec"]
-    done = run(cmd, cwd, clean_env())
+    # tree: shardspec reads cold files ahead in forked processes; their memory counts too.
+    done = run(cmd, cwd, clean_env(), tree=True)
     summary = summary_line(done.stdout)
     return {
         "side": side,

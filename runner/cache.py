@@ -38,18 +38,20 @@ import re
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import __version__, schema
 from .expand import DEFAULT_MAX_ELEMENTS, Variant, expand
-from .problems import SpecError
+from .problems import Problem, SpecError
 from .spec import SUFFIXES, SpecFile, read, split
+from .verdict import Verdict, verdict
 from .yamlload import MAX_BYTES, load_text
 
-FORMAT = 1  # bump when the entry's layout changes
+FORMAT = 2  # bump when the entry's layout changes
 NAME = "shardspec"  # pytest's Cache.mkdir(NAME): <cache_dir>/d/shardspec
 DEFAULT_CACHE_DIR = ".pytest_cache"  # pytest's default cache_dir
 
@@ -98,7 +100,120 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-HEADER = b"shardspec-cache "  # an entry: this, a JSON line (key, variants), then the pickle
+HEADER = b"shardspec-cache "  # an entry: this, a JSON line, the Plan's pickle, the Expanded's
+
+
+@dataclass(slots=True)
+class Planned:
+    """What collecting needs of one variant. The variant itself stays pickled (in its
+    file's :class:`Source`) until its test runs, so a collected case costs about what a
+    pytest item costs."""
+
+    case: int  # the case's index in the file
+    index: int  # the variant's index among its case's variants at its (engine, n)
+    name: str  # the variant's name, e.g. "xla-n4-grad"
+    verdict: Verdict  # without --strict-markers' problems (the plugin adds those)
+    marks: tuple[str, ...]  # the case's marks as written (the plugin checks them)
+
+
+@dataclass
+class Plan:
+    """A spec file as collection sees it: its problems, its cases (id and line), and the
+    name and verdict of each variant at each (engine, n) asked for."""
+
+    problems: list[Problem]
+    cases: list[tuple[str, int]]
+    variants: dict[Key, list[list[Planned]]]
+
+
+def plan_of(found: Expanded) -> Plan:
+    """The Plan of an expanded file (equal verdicts share one object: most are "run")."""
+    problems = found.spec.problems
+    shared: dict[tuple, Verdict] = {}
+    marks_of = []
+    for case in found.spec.cases:
+        marks = case.data.get("marks")
+        marks_of.append(
+            tuple(m for m in marks if isinstance(m, str)) if isinstance(marks, list) else ()
+        )
+    variants: dict[Key, list[list[Planned]]] = {}
+    for key, per_case in found.variants.items():
+        rows = variants[key] = []
+        for case_index, of_case in enumerate(per_case):
+            row = []
+            for index, variant in enumerate(of_case):
+                judged = verdict(variant, problems)
+                if not judged.problems:
+                    judged = shared.setdefault(
+                        (judged.kind, judged.reason, judged.xfail, judged.file_broken), judged
+                    )
+                row.append(Planned(case_index, index, variant.name, judged, marks_of[case_index]))
+            rows.append(row)
+    cases = [(case.id, case.mark.line) for case in found.spec.cases]
+    return Plan(list(problems), cases, variants)
+
+
+class Source:
+    """One file's Expanded, for the items collected from it: kept as its pickle and
+    unpickled when a test first asks for its variant. Tests run file by file, so only the
+    last :attr:`KEEP` files stay unpickled; the rest are bytes again."""
+
+    KEEP = 2
+    _recent: ClassVar[deque[Source]] = deque()
+
+    def __init__(
+        self,
+        payload: bytes | None = None,
+        expanded: Expanded | None = None,
+        again: Callable[[], Expanded] | None = None,
+    ):
+        self._payload = payload
+        self._expanded = expanded
+        self._again = again  # reads the file again if the pickle can't be read
+
+    def variant(self, planned: Planned, key: Key) -> Variant:
+        return self.expanded().of(planned.case, *key)[planned.index]
+
+    def expanded(self) -> Expanded:
+        found = self._expanded
+        if found is not None:
+            return found
+        with no_gc():
+            found = _unpickled(self._payload)
+            if found is None and self._again is not None:
+                found = self._again()
+        if found is None:
+            raise RuntimeError("shardspec: a cached spec file could not be read back")
+        self._expanded = found
+        recent = Source._recent
+        recent.append(self)
+        while len(recent) > self.KEEP:
+            recent.popleft()._expanded = None
+        return found
+
+
+class SpecChanged(RuntimeError):
+    """A spec file changed between collecting its tests and running them."""
+
+
+@dataclass
+class _Got:
+    """A file as the cache found or made it."""
+
+    content_key: str | None
+    found: Expanded | None = None  # made (or unpickled) here
+    plan: bytes | None = None  # the Plan's pickle, as the entry holds it
+    payload: bytes | None = None  # the Expanded's pickle, likewise
+
+
+def _unpickled(payload: bytes | None) -> Expanded | None:
+    if payload is None:
+        return None
+    try:
+        found = pickle.loads(payload)
+    except Exception:  # damaged, or from other code
+        return None
+    return found if isinstance(found, Expanded) else None
 
 
 class Store:
@@ -132,31 +247,39 @@ class Store:
 
     @staticmethod
     def _read(entry: Path, content_key: str, header_only: bool = False):
-        """(its (engine, n) keys, its pickled Expanded) when ``entry`` is for this content;
-        (None, None) when it is missing, damaged or for other content or code."""
+        """(its (engine, n) keys, the Plan's pickle, the Expanded's pickle) when ``entry``
+        is for this content; (None, None, None) when it is missing, damaged or for other
+        content or code."""
         try:
             with open(entry, "rb") as handle:
                 line = handle.readline()
                 if not line.startswith(HEADER):
-                    return None, None
+                    return None, None, None
                 header = json.loads(line[len(HEADER) :])
                 if header.get("key") != content_key:
-                    return None, None
+                    return None, None, None
                 keys = {(str(e), int(n)) for e, n in header["variants"]}
-                return keys, (None if header_only else handle.read())
+                if header_only:
+                    return keys, None, None
+                plan = handle.read(int(header["plan"]))
+                return keys, plan, handle.read()
         except (OSError, ValueError, KeyError, TypeError):
-            return None, None
+            return None, None, None
 
-    def save(self, entry: Path, content_key: str, expanded: Expanded) -> bytes:
-        """Write the entry (in one step: a temporary file, renamed); its pickle."""
-        payload = pickle.dumps(expanded, protocol=pickle.HIGHEST_PROTOCOL)
-        header = json.dumps({"key": content_key, "variants": sorted(expanded.variants)})
+    def save(self, entry: Path, content_key: str, expanded: Expanded) -> tuple[bytes, bytes]:
+        """Write the entry (in one step: a temporary file, renamed); its two pickles."""
+        plan = pickle.dumps(plan_of(expanded), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = _pickled(expanded)
+        header = json.dumps(
+            {"key": content_key, "variants": sorted(expanded.variants), "plan": len(plan)}
+        )
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".pickle")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(HEADER + header.encode() + b"\n")
+                    handle.write(plan)
                     handle.write(payload)
                 os.replace(tmp, entry)
             except BaseException:
@@ -165,15 +288,29 @@ class Store:
                 raise
         except OSError:
             pass  # a cache that can't be written only costs time
-        return payload
+        return plan, payload
 
     def fresh(self, path: Path, shown: str, keys: Iterable[Key], max_elements: int) -> bool:
         """Whether the entry serves this file at every (engine, n) (reads its header only)."""
         raw, entry = self._raw(path), self._entry(path, shown, max_elements)
         if raw is None or entry is None:
             return False
-        have, _ = self._read(entry, self.content_key(raw, shown, max_elements), header_only=True)
+        key = self.content_key(raw, shown, max_elements)
+        have, _, _ = self._read(entry, key, header_only=True)
         return have is not None and set(keys) <= have
+
+    def _ahead(
+        self, path: Path, shown: str, max_elements: int
+    ) -> tuple[str, tuple[bytes, bytes]] | None:
+        """The content key and the (Plan, Expanded) pickles another process made of this
+        file, if it read it ahead and the file has not changed since."""
+        ahead = self._prefetch.take(path, shown) if self._prefetch is not None else None
+        if ahead is None:
+            return None
+        raw = self._raw(path)
+        if raw is None or ahead[0] != self.content_key(raw, shown, max_elements):
+            return None
+        return ahead
 
     def expanded(
         self,
@@ -187,44 +324,80 @@ class Store:
         stored)."""
         wanted = list(dict.fromkeys(keys))
         with no_gc():
-            ahead = self._prefetch.take(path, shown) if self._prefetch is not None else None
+            ahead = self._ahead(path, shown, max_elements)
             if ahead is not None:
-                raw = self._raw(path)
-                content_key, payload = ahead
-                if raw is not None and content_key == self.content_key(raw, shown, max_elements):
-                    found = pickle.loads(payload)
-                    if isinstance(found, Expanded) and set(wanted) <= set(found.variants):
-                        return found
-            return self._expanded(path, shown, wanted, max_elements)[0]
+                found = _unpickled(ahead[1][1])
+                if found is not None and set(wanted) <= set(found.variants):
+                    return found
+            got = self._get(path, shown, wanted, max_elements, need_found=True)
+            assert got.found is not None
+            return got.found
 
-    def _expanded(
-        self, path: Path, shown: str, wanted: list[Key], max_elements: int, payload: bool = False
-    ) -> tuple[Expanded, str | None, bytes | None]:
-        """:meth:`expanded` here, with the content key and (if asked) the pickle."""
+    def plan(
+        self,
+        path: Path,
+        shown: str,
+        keys: Iterable[Key],
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+    ) -> tuple[Plan, Source]:
+        """What pytest collects of the file (its Plan) and where its variants are kept
+        until they run (its Source): read ahead, from the cache, or computed (and stored).
+        """
+        wanted = list(dict.fromkeys(keys))
+
+        def again(content_key: str | None) -> Callable[[], Expanded]:
+            return functools.partial(self._again, path, shown, wanted, max_elements, content_key)
+
+        with no_gc():
+            ahead = self._ahead(path, shown, max_elements)
+            if ahead is not None:
+                content_key, (plan_bytes, payload) = ahead
+                plan = pickle.loads(plan_bytes)
+                if set(wanted) <= set(plan.variants):
+                    return plan, Source(payload, again=again(content_key))
+            got = self._get(path, shown, wanted, max_elements, need_found=False)
+            if got.payload is None or got.plan is None:
+                assert got.found is not None
+                return plan_of(got.found), Source(expanded=got.found)
+            return pickle.loads(got.plan), Source(got.payload, again=again(got.content_key))
+
+    def _again(
+        self, path: Path, shown: str, wanted: list[Key], max_elements: int, collected: str | None
+    ) -> Expanded:
+        """The file read again when a test runs and its cached pickle can't be read back,
+        as long as the file is still what was collected."""
+        raw = self._raw(path)
+        if raw is None or self.content_key(raw, shown, max_elements) != collected:
+            raise SpecChanged(f"{shown} changed after its tests were collected: run pytest again")
+        found = self._get(path, shown, wanted, max_elements, need_found=True).found
+        assert found is not None
+        return found
+
+    def _get(
+        self, path: Path, shown: str, wanted: list[Key], max_elements: int, need_found: bool
+    ) -> _Got:
+        """The file from its entry when it serves every (engine, n) wanted (unpickled only
+        if ``need_found``), else read and expanded here, and the entry written."""
         raw = self._raw(path)
         if raw is None:
-            found = _expand(read(path, shown), wanted, max_elements)
-            return found, None, _pickled(found) if payload else None
+            return _Got(None, _expand(read(path, shown), wanted, max_elements))
         content_key = self.content_key(raw, shown, max_elements)
         entry = self._entry(path, shown, max_elements)
         if entry is None:
-            found = _expand(_read_bytes(raw, shown), wanted, max_elements)
-            return found, content_key, _pickled(found) if payload else None
-        _, stored = self._read(entry, content_key)
-        found = None
-        if stored is not None:
-            try:
-                found = pickle.loads(stored)
-            except Exception:  # damaged, or from other code: read the file instead
-                found = None
-        if not isinstance(found, Expanded):
-            found = _expand(_read_bytes(raw, shown), wanted, max_elements)
-            return found, content_key, self.save(entry, content_key, found)
-        missing = [key for key in wanted if key not in found.variants]
-        if missing:
-            found.variants.update(_expand(found.spec, missing, max_elements).variants)
-            stored = self.save(entry, content_key, found)
-        return found, content_key, stored if payload else None
+            return _Got(content_key, _expand(_read_bytes(raw, shown), wanted, max_elements))
+        have, plan, payload = self._read(entry, content_key)
+        if have is not None:
+            if not need_found and set(wanted) <= have:
+                return _Got(content_key, None, plan, payload)  # unpickled when it runs
+            found = _unpickled(payload)
+            if found is not None:
+                missing = [key for key in wanted if key not in found.variants]
+                if not missing:
+                    return _Got(content_key, found, plan, payload)
+                found.variants.update(_expand(found.spec, missing, max_elements).variants)
+                return _Got(content_key, found, *self.save(entry, content_key, found))
+        found = _expand(_read_bytes(raw, shown), wanted, max_elements)
+        return _Got(content_key, found, *self.save(entry, content_key, found))
 
     # -- reading ahead in other processes --
 
@@ -238,9 +411,9 @@ class Store:
         all_files: bool = False,
     ) -> Prefetch | None:
         """Start reading and expanding ``files`` in forked processes, one per core, so that
-        :meth:`expanded` (or :meth:`Prefetch.take`) later finds them done. Files whose entry
-        is fresh are left to :meth:`expanded` unless ``all_files``. ``then`` runs on each
-        file's Expanded in its process, and its result is what ``take`` gives."""
+        :meth:`plan` and :meth:`expanded` (or :meth:`Prefetch.take`) later find them done.
+        Files whose entry is fresh are left to those unless ``all_files``. ``then`` runs on
+        each file's Expanded in its process, and its result is what ``take`` gives."""
         wanted = list(dict.fromkeys(keys))
         jobs = [
             (path, shown)
@@ -273,12 +446,17 @@ def _compute(
     max_elements: int,
     then: Callable[[Expanded], Any] | None,
 ) -> tuple[str | None, Any]:
-    """In a read-ahead process: one file, expanded (and its entry written)."""
+    """In a read-ahead process: one file, expanded (and its entry written); the result of
+    ``then``, or the (Plan, Expanded) pickles."""
     with no_gc():
-        found, content_key, payload = Store(directory)._expanded(
-            path, shown, wanted, max_elements, payload=then is None
-        )
-        return content_key, (payload if then is None else then(found))
+        got = Store(directory)._get(path, shown, wanted, max_elements, need_found=then is not None)
+        if then is not None:
+            return got.content_key, then(got.found)
+        if got.payload is None or got.plan is None:
+            assert got.found is not None
+            plan = pickle.dumps(plan_of(got.found), protocol=pickle.HIGHEST_PROTOCOL)
+            return got.content_key, (plan, _pickled(got.found))
+        return got.content_key, (got.plan, got.payload)
 
 
 class Prefetch:

@@ -77,6 +77,8 @@ class Run:
         self._store: cache.Store | None = None
         self._prefetched = False
         self._counts: tuple[int, ...] | None = None
+        self._marker_names: frozenset[str] | None = None
+        self._strict: bool | None = None  # --strict-markers (or its ini options)
         self.cases: dict[str, set[str]] = defaultdict(set)  # file -> case ids found
         self.items: dict[str, str] = {}  # nodeid -> file, for the selected items
         self.outcomes: dict[str, str] = {}  # nodeid -> one outcome (a failure wins)
@@ -116,6 +118,18 @@ class Run:
         paths = cache.spec_paths(self.config.args, here, self.wants, norecurse)
         files = [(path, os.path.relpath(path, here)) for path in paths]
         self.store().prefetch(files, keys, self.max_elements)
+
+    def marker_names(self) -> frozenset[str]:
+        """The registered marker names (read once a session)."""
+        if self._marker_names is None:
+            self._marker_names = marker_names(self.config)
+        return self._marker_names
+
+    def registered_marks(self) -> frozenset[str] | None:
+        """The registered marker names when pytest runs with --strict-markers, else None."""
+        if self._strict is None:
+            self._strict = _strict_markers(self.config)
+        return self.marker_names() if self._strict else None
 
     def device_counts(self) -> tuple[int, ...]:
         """The counts to run: --devices, or the runtime's own count when PJRT_DEVICE is set."""
@@ -402,28 +416,30 @@ class SpecFile(pytest.File):
         keys = [(engine, n) for engine in run.engines for n in run.device_counts()]
         run.prefetch(keys)
         run.pause_gc()  # until the end of collection
-        found = run.store().expanded(self.path, shown, keys, run.max_elements)
-        yield from self._items(run, found)
+        plan, source = run.store().plan(self.path, shown, keys, run.max_elements)
+        yield from self._items(run, plan, source)
 
-    def _items(self, run: Run, found: cache.Expanded):
-        spec = found.spec
+    def _items(self, run: Run, plan: cache.Plan, source: cache.Source):
         ledger = run.cases.setdefault(self.nodeid, set())  # listed even with no case
-        if spec.problems:
-            yield ProblemItem.from_parent(self, name=FILE_ITEM, problems=spec.problems)
-        for index, case in enumerate(spec.cases):
-            ledger.add(case.id)
+        if plan.problems:
+            yield ProblemItem.from_parent(self, name=FILE_ITEM, problems=plan.problems)
+        for index, (case_id, line) in enumerate(plan.cases):
+            ledger.add(case_id)
             for engine in run.engines:
                 for n in run.device_counts():
-                    for variant in found.of(index, engine, n):
-                        name = f"{case.id}[{variant.name}]"
+                    for planned in plan.variants[(engine, n)][index]:
+                        name = f"{case_id}[{planned.name}]"
                         yield CaseItem.from_parent(
                             self,
                             name=name,
                             # Given whole, so that pytest (9.2 parses ids into names and
                             # [params]) reads it as --lf's records do: FILE::CASE[PARAMS].
                             nodeid=f"{self.nodeid}::{name}",
-                            variant=variant,
-                            file_problems=spec.problems,
+                            planned=planned,
+                            key=(engine, n),
+                            line=line,
+                            source=source,
+                            file_problems=plan.problems,
                         )
 
 
@@ -439,19 +455,15 @@ def _strict_markers(config: pytest.Config) -> bool:
     return False
 
 
-def registered_marks(config: pytest.Config) -> frozenset[str] | None:
-    """The registered marker names when pytest runs with --strict-markers, else None."""
-    if not _strict_markers(config):
-        return None
+def marker_names(config: pytest.Config) -> frozenset[str]:
+    """The marker names registered in the pytest configuration."""
     lines = config.getini("markers")
     return frozenset(line.split(":")[0].split("(")[0].strip() for line in lines)
 
 
 def _mark(item: pytest.Item, name: str) -> pytest.MarkDecorator:
     """``pytest.mark.NAME``; an unregistered name warns at the spec's line, not at ours."""
-    registered = {
-        line.split(":")[0].split("(")[0].strip() for line in item.config.getini("markers")
-    }
+    registered = item.config.stash[RUN_KEY].marker_names()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
         mark = getattr(pytest.mark, name)
@@ -493,19 +505,40 @@ class ProblemItem(SpecItem):
 
 
 class CaseItem(SpecItem):
-    """One case at one engine, device count and grad flag."""
+    """One case at one engine, device count and grad flag.
 
-    def __init__(self, *, variant: Variant, file_problems: list[Problem], **kwargs: Any):
+    Collection gives it only its plan (name, line, verdict, marks): its variant (what it
+    sends to the worker and checks) is read back from the file's cached pickle when it
+    runs, so a large suite collects in about the memory pytest's own items take.
+    """
+
+    def __init__(
+        self,
+        *,
+        planned: cache.Planned,
+        key: cache.Key,
+        line: int,
+        source: cache.Source,
+        file_problems: list[Problem],
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
-        self.variant = variant
+        self._planned = planned
+        self._key = key
+        self._line = line
+        self._source = source
         self.file_problems = file_problems
         self._recorded = False  # the record is made when the item runs (ensure_record)
-        self.verdict = verdict(variant, file_problems, registered_marks(self.config))
+        self.verdict = planned.verdict
+        registered = self.config.stash[RUN_KEY].registered_marks()
+        if registered is not None and any(m not in registered for m in planned.marks):
+            self.verdict = verdict(self.variant, file_problems, registered)
         if self.verdict.kind == "error":
             return  # a broken case fails: no skip, xfail or mark may hide it
+        case_id = self.name.partition("[")[0]
         if self.verdict.kind == "skip":
             # pytest folds skip marks per file in -rs, so the reason names the case.
-            self.add_marker(pytest.mark.skip(reason=f"{variant.case.id}: {self.verdict.reason}"))
+            self.add_marker(pytest.mark.skip(reason=f"{case_id}: {self.verdict.reason}"))
         xfail = self.verdict.xfail
         if xfail is not None:
             # raises=CaseFailed: a broken spec, a dead worker, or a failure of checks that
@@ -513,9 +546,14 @@ class CaseItem(SpecItem):
             self.add_marker(
                 pytest.mark.xfail(reason=xfail.reason, strict=xfail.strict, raises=CaseFailed)
             )
-        for name in variant.case.data.get("marks") or []:
-            if isinstance(name, str) and name.isidentifier():
+        for name in planned.marks:
+            if name.isidentifier():
                 self.add_marker(_mark(self, name))
+
+    @property
+    def variant(self) -> Variant:
+        """The case at this engine, device count and grad flag (read back when needed)."""
+        return self._source.variant(self._planned, self._key)
 
     def runtest(self) -> None:
         run = self.config.stash[RUN_KEY]
@@ -575,8 +613,4 @@ class CaseItem(SpecItem):
         ]
 
     def reportinfo(self):
-        return (
-            self.path,
-            self.variant.case.mark.line - 1,
-            f"{self.variant.case.id}[{self.variant.name}]",
-        )
+        return self.path, self._line - 1, self.name

@@ -37,9 +37,10 @@ def entries(folder: Path) -> list[Path]:
 
 def stored(entry: Path) -> tuple[dict, cache.Expanded]:
     """An entry's header (its key and (engine, n) keys) and its Expanded."""
-    header, _, payload = entry.read_bytes().partition(b"\n")
+    header, _, rest = entry.read_bytes().partition(b"\n")
     assert header.startswith(cache.HEADER)
-    return json.loads(header[len(cache.HEADER) :]), pickle.loads(payload)
+    fields = json.loads(header[len(cache.HEADER) :])
+    return fields, pickle.loads(rest[fields["plan"] :])
 
 
 @pytest.fixture
@@ -164,6 +165,85 @@ def test_a_damaged_or_foreign_entry_is_read_again(tmp_path: Path, counted: list[
     assert len(counted) == 5  # written back whole
 
 
+def damage_variants(entry: Path) -> None:
+    """Keep the entry's header and Plan; make its variants' pickle unreadable."""
+    header, _, rest = entry.read_bytes().partition(b"\n")
+    size = json.loads(header[len(cache.HEADER) :])["plan"]
+    entry.write_bytes(header + b"\n" + rest[:size] + b"a damaged pickle")
+
+
+def test_collection_reads_the_plan_and_leaves_variants_pickled(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    spec = write(tmp_path / "a.yaml", CASE)
+    store = Store(tmp_path / "cache")
+    plan, source = store.plan(spec, "a.yaml", [("xla", 4)])
+    [[planned]] = plan.variants[("xla", 4)]
+    assert plan.cases == [("rows", 3)] and plan.problems == []
+    assert (planned.name, planned.verdict.kind, planned.marks) == ("xla-n4-nograd", "run", ())
+    assert source.variant(planned, ("xla", 4)).request["shape"] == [8, 3]
+    assert counted == ["a.yaml"]
+    # Served from the entry, the variants' pickle is not read until a variant is asked for:
+    # a damaged one is found then, and the file is read again.
+    [entry] = entries(tmp_path / "cache")
+    damage_variants(entry)
+    plan, source = store.plan(spec, "a.yaml", [("xla", 4)])
+    assert counted == ["a.yaml"] and plan.cases == [("rows", 3)]
+    [[planned]] = plan.variants[("xla", 4)]
+    assert source.variant(planned, ("xla", 4)).request["shape"] == [8, 3]
+    assert counted == ["a.yaml", "a.yaml"]
+    # ... unless the file changed since it was collected: never a variant of other content
+    damage_variants(entry)
+    plan, source = store.plan(spec, "a.yaml", [("xla", 4)])
+    spec.write_text(CASE.replace("[2, 3]", "[3, 3]"), encoding="utf-8")
+    with pytest.raises(cache.SpecChanged, match=r"a\.yaml changed after its tests were collected"):
+        source.variant(plan.variants[("xla", 4)][0][0], ("xla", 4))
+
+
+def test_a_plan_names_verdicts_and_marks(tmp_path: Path) -> None:
+    text = CASE + textwrap.indent(
+        textwrap.dedent("""\
+        - id: later
+          skip: not yet
+          mesh: [n]
+          placements: [Replicate()]
+          input: {shape: [2, 3]}
+        - id: known
+          marks: [slow]
+          xfail: {reason: torch_xla differs, engines: [xla], checks: [shards]}
+          mesh: [n]
+          placements: [Replicate()]
+          input: {shape: [2, 3]}
+        """),
+        "  ",
+    )
+    spec = write(tmp_path / "a.yaml", text)
+    plan, source = Store(tmp_path / "cache").plan(spec, "a.yaml", [("xla", 4), ("native", 4)])
+    [_, [skipped], [known]] = plan.variants[("xla", 4)]
+    assert (skipped.verdict.kind, skipped.verdict.reason) == ("skip", "not yet")
+    assert known.verdict.kind == "xfail" and known.verdict.xfail.checks == ("shards",)
+    assert known.marks == ("slow",)
+    assert plan.variants[("native", 4)][2][0].verdict.kind == "run"  # xfail names xla only
+    for key in plan.variants:  # each plan entry stands for its own variant
+        for row in plan.variants[key]:
+            for planned in row:
+                assert source.variant(planned, key).name == planned.name
+
+
+def test_only_the_last_files_stay_unpickled(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cache")
+    files = three_files(tmp_path / "specs")
+    for path, shown in files:
+        store.plan(path, shown, [("xla", 4)])  # stored
+    planned = [store.plan(path, shown, [("xla", 4)]) for path, shown in files]
+    for _ in range(2):
+        for (plan, source), (_, shown) in zip(planned, files, strict=True):
+            variant = source.variant(plan.variants[("xla", 4)][0][0], ("xla", 4))
+            assert variant.case.id == shown.removesuffix(".yaml")
+    held = [source._expanded is not None for _, source in planned]
+    assert held == [False] + [True] * cache.Source.KEEP
+
+
 def test_broken_and_unreadable_files_keep_their_messages(tmp_path: Path) -> None:
     store = Store(tmp_path / "cache")
     bad = write(tmp_path / "bad.yaml", "version: 1\ncases:\n  - id: x\n    mesh: [n\n")
@@ -269,6 +349,17 @@ def test_pytest_serves_a_changed_file_fresh(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-q", "-p", "no:randomly")
     result.assert_outcomes(failed=1)
     assert "placements[0]" in result.stdout.str()
+
+
+def test_a_test_whose_cached_variant_is_damaged_runs_from_its_file(
+    pytester: pytest.Pytester,
+) -> None:
+    write(pytester.path / "specs" / "a.yaml", CASE)
+    pytester.runpytest("--collect-only", "-q")
+    [entry] = entries(pytester.path / ".pytest_cache" / "d" / cache.NAME)
+    damage_variants(entry)  # collection reads the plan only; the run finds the damage
+    result = pytester.runpytest("-q", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
 
 
 def test_cache_clear_and_no_cacheprovider(pytester: pytest.Pytester) -> None:
