@@ -11,6 +11,7 @@ import os
 import re
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -54,10 +55,10 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, tree: bool
     largest sum of RSS over the process and its descendants (shardspec's worker
     subprocesses), sampled every 20 ms.
     """
-    out_path = cwd / ".bench-stdout"
-    err_path = cwd / ".bench-stderr"
     peak_tree = [0]
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    # Anonymous files, not pipes: nothing is left behind, and the child never blocks on a
+    # full pipe while this process waits for it.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         began = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
         stop = threading.Event()
@@ -74,11 +75,11 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, tree: bool
         stop.set()
         if tree:
             sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout = out_path.read_text(errors="replace")
-    stderr = err_path.read_text(errors="replace")
-    out_path.unlink()
-    err_path.unlink()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
     peak = max(peak_tree[0], usage.ru_maxrss) if tree else usage.ru_maxrss
     return Timed(seconds, peak / 1024, proc.returncode, stdout, stderr)
 
@@ -106,4 +107,6 @@ def summary_line(stdout: str) -> str:
 
 
 def counts(summary: str) -> dict[str, int]:
-    return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary) if word != "in"}
+    """pytest's closing line as {outcome: count} (warnings are not outcomes)."""
+    found = re.findall(r"(\d+) (\w+)", summary)
+    return {word: int(n) for n, word in found if word not in ("in", "warning", "warnings")}

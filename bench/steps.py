@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import clean_env, counts, median, ratio, run, summary_line
+
 TARGET_RATIO = 1.2
 CASES_PER_FILE = 250
 MAX_FILE_BYTES = 1 << 20
@@ -355,17 +353,8 @@ def write(directory: Path, count: int) -> tuple[Path, Path]:
 # --- The measurement ---------------------------------------------------------------------
 
 
-def _summary(stdout: str) -> str:
-    lines = [line for line in stdout.strip().splitlines() if line.strip()]
-    return lines[-1].strip("= ") if lines else ""
-
-
-def _counts(summary: str) -> dict[str, int]:
-    return {word: int(num) for num, word in re.findall(r"(\d+) (\w+)", summary) if word != "in"}
-
-
 def run_side(side: str, directory: Path) -> dict:
-    env = dict(os.environ)
+    env = clean_env()
     if side == "shardspec":
         # The plugin starts its own worker with PJRT_DEVICE=CPU CPU_NUM_DEVICES=4 (--devices 4).
         env.pop("PJRT_DEVICE", None)
@@ -376,23 +365,13 @@ def run_side(side: str, directory: Path) -> dict:
         env.update(PJRT_DEVICE="CPU", CPU_NUM_DEVICES=str(DEVICES))
         cmd = ["-m", "pytest", "test_anchor.py", "-p", "no:shardspec"]
         cwd = directory / "anchor"
-    began = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, *cmd, "-q", "-p", "no:cacheprovider"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.monotonic() - began
-    summary = _summary(done.stdout)
+    done = run([sys.executable, *cmd, "-q", "-p", "no:cacheprovider"], cwd, env)
     return {
         "side": side,
-        "seconds": round(seconds, 2),
-        "exit_code": done.returncode,
-        "summary": summary,
-        "tail": "" if done.returncode == 0 else (done.stdout + done.stderr)[-3000:],
+        "seconds": round(done.seconds, 2),
+        "exit_code": done.exit_code,
+        "summary": summary_line(done.stdout),
+        "tail": "" if done.exit_code == 0 else (done.stdout + done.stderr)[-3000:],
     }
 
 
@@ -412,10 +391,10 @@ def measure(count: int, repeat: int) -> dict:
     times = {
         side: [r["seconds"] for r in runs if r["side"] == side] for side in ("shardspec", "anchor")
     }
-    medians = {side: statistics.median(t) for side, t in times.items()}
-    ratio = medians["shardspec"] / medians["anchor"]
+    medians = {side: median(t) for side, t in times.items()}
+    speed = ratio(times["shardspec"], times["anchor"])
     passed_all = all(
-        r["exit_code"] == 0 and _counts(r["summary"]).get("passed") == count for r in runs
+        r["exit_code"] == 0 and counts(r["summary"]).get("passed") == count for r in runs
     )
     result = {
         "benchmark": "steps",
@@ -425,14 +404,14 @@ def measure(count: int, repeat: int) -> dict:
         "anchor_seconds": times["anchor"],
         "shardspec_median": medians["shardspec"],
         "anchor_median": medians["anchor"],
-        "ratio": round(ratio, 3),
+        "ratio": speed,
         "target_ratio": TARGET_RATIO,
         "summaries": {
             side: [r["summary"] for r in runs if r["side"] == side]
             for side in ("shardspec", "anchor")
         },
         "all_passed": passed_all,
-        "ok": passed_all and ratio <= TARGET_RATIO,
+        "ok": passed_all and speed <= TARGET_RATIO,
     }
     failed = [r for r in runs if r["tail"]]
     if failed:
