@@ -376,7 +376,7 @@ def _native_params(variant: Variant, declared: Any, params: dict) -> list[Failur
         raw = params.get(param, {}).get("placements")
         if raw is None:
             return None
-        return [str(Placement(p[0], p[1]) if p[0] == "shard" else Placement(p[0])) for p in raw]
+        return [str(Placement.from_json(p)) for p in raw]
 
     wrong: dict[str, str] = {}
     for param in declared.value:

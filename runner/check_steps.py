@@ -33,12 +33,7 @@ XLA_ONLY = (
 def _placement_of(raw: list | str) -> Placement:
     if isinstance(raw, str):
         return parse_placement(raw)
-    kind = raw[0]
-    if kind == "shard":
-        return Placement("shard", int(raw[1]))
-    if kind == "partial":
-        return parse_placement(f"Partial({raw[1]})" if len(raw) > 1 else "Partial()")
-    return Placement("replicate")
+    return Placement.from_json(raw)
 
 
 def _shown(places: list | tuple | None) -> str:

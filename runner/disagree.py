@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .expand import Variant
+from .placements import Placement
 
 
 def _pieces(shards: Iterable[dict]) -> list[list]:
@@ -36,16 +37,7 @@ def _values_ok(view: Mapping[str, Any]) -> bool | None:
 def _placements(raw: Any) -> str | None:
     if raw is None:
         return None
-    words = {"replicate": "Replicate()"}
-    shown = []
-    for p in raw:
-        if p[0] == "shard":
-            shown.append(f"Shard({p[1]})")
-        elif p[0] == "partial":
-            shown.append(f"Partial({p[1]})" if len(p) > 1 else "Partial()")
-        else:
-            shown.append(words.get(p[0], str(p[0])))
-    return "[" + ", ".join(shown) + "]"
+    return "[" + ", ".join(str(Placement.from_json(p)) for p in raw) + "]"
 
 
 def reported_placements(view: Mapping[str, Any], mesh: tuple[int, ...]) -> Any:

@@ -189,12 +189,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
     forward = req.get("forward")
     x_cpu = None
     if forward:
-        gen = torch.Generator().manual_seed(req["seed"] + 1)
-        first = req["layers"][0][1]
-        if first["kind"] == "Embedding":
-            x_cpu = torch.randint(0, first["sizes"][0], forward["input_shape"], generator=gen)
-        else:
-            x_cpu = torch.randn(forward["input_shape"], generator=gen)
+        x_cpu = interpreter.forward_input(req)
         with torch.no_grad():
             want = reference(x_cpu)
     originals = {name: p.detach() for name, p in reference.named_parameters()}
@@ -223,16 +218,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
             except Exception as exc:  # DTensor's own gaps (no sharding strategy) are facts
                 out["forward"] = {"error": error_info(exc)}  # type: ignore[typeddict-item]
                 return out
-            diff = (got - want).abs()
-            out["forward"] = {
-                "shape": list(got.shape),
-                "expected_shape": list(want.shape),
-                "max_abs_error": float(diff.max()) if diff.numel() else 0.0,
-                "max_excess": float((diff - forward["rtol"] * want.abs()).max())
-                if diff.numel()
-                else 0.0,
-                "finite": bool(torch.isfinite(got).all()),
-            }
+            out["forward"] = interpreter.forward_report(got, want, forward["rtol"])
         return out
 
     results = _run(req, rank_fn)

@@ -159,12 +159,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
     out: ModuleObservation = {"type": type(sharded).__name__, "params": params}
     forward = req.get("forward")
     if forward:
-        gen = torch.Generator().manual_seed(req["seed"] + 1)
-        first = req["layers"][0][1]
-        if first["kind"] == "Embedding":
-            x = torch.randint(0, first["sizes"][0], forward["input_shape"], generator=gen)
-        else:
-            x = torch.randn(forward["input_shape"], generator=gen)
+        x = interpreter.forward_input(req)
         with torch.no_grad():
             want = reference(x)
             try:
@@ -172,16 +167,7 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
             except Exception as exc:
                 out["forward"] = {"error": _error(exc)}  # type: ignore[typeddict-item]
                 return out
-        diff = (got - want).abs()
-        out["forward"] = {
-            "shape": list(got.shape),
-            "expected_shape": list(want.shape),
-            "max_abs_error": float(diff.max()) if diff.numel() else 0.0,
-            "max_excess": float((diff - forward["rtol"] * want.abs()).max())
-            if diff.numel()
-            else 0.0,
-            "finite": bool(torch.isfinite(got).all()),
-        }
+        out["forward"] = interpreter.forward_report(got, want, forward["rtol"])
     return out
 
 
@@ -207,6 +193,8 @@ class XlaBackend(interpreter.Backend):
         super().__init__(req)
         self.mesh = _mesh(req["mesh"])
         self.device = torch_xla.device()
+        # id -> (the tensor, kept so that its id stays its own; its CPU copy), per read point
+        self._cpu: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if req.get("module") is not None:
             self.model = distribute_model(
                 interpreter.build_model(req), req["module"], self.mesh, self.device
@@ -254,21 +242,19 @@ class XlaBackend(interpreter.Backend):
         return xs.mark_sharding(args[0], mesh, spec)
 
     def before_reads(self) -> None:
+        # Values change only between read points: the copies of the last one go first
+        # (even if the sync below raises).
+        self._cpu.clear()
         # wait=True: reading local_shards while an async execution is in flight fails at
         # random (measured: 5-11 of 46 ops per run) with the default sync().
         torch_xla.sync(wait=True)
-        # values change only between syncs; the tensor is kept so that its id stays its own
-        self._cpu: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _cpu_copy(self, glob: torch.Tensor) -> torch.Tensor:
         """The value on the CPU, copied once per read point: a tiled tensor's .cpu()
         costs about 3 ms (measured), and observe and the reference both need it."""
-        cache = getattr(self, "_cpu", None)
-        if cache is None:
-            self._cpu = cache = {}
-        found = cache.get(id(glob))
+        found = self._cpu.get(id(glob))
         if found is None:
-            found = cache[id(glob)] = (glob, glob.detach().cpu())
+            found = self._cpu[id(glob)] = (glob, glob.detach().cpu())
         return found[1]
 
     @staticmethod

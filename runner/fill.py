@@ -185,7 +185,7 @@ def values_for(
             found = seen.setdefault(plan.name, {})
             found.setdefault("shape", {})[str(n)] = view["shape"]
             if "placements" in view:
-                shown = [str(_placement(p)) for p in view["placements"]]
+                shown = [str(Placement.from_json(p)) for p in view["placements"]]
                 found.setdefault("placements", {})[str(n)] = shown
             if view.get("shards"):
                 piece = min(view["shards"], key=lambda s: s["device"])["shape"]
@@ -212,14 +212,6 @@ def values_for(
         if entry:
             out[name] = entry
     return out, "; ".join(notes) or None
-
-
-def _placement(raw: list) -> Placement:
-    if raw[0] == "shard":
-        return Placement("shard", raw[1])
-    if raw[0] == "partial":
-        return Placement("partial", reduce=raw[1] if len(raw) > 1 else None)
-    return Placement(raw[0])
 
 
 def fill_file(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .protocol import (
     ErrorInfo,
+    ForwardObservation,
     InputTensor,
     ReadJson,
     ReferenceCompare,
@@ -367,8 +368,15 @@ def run(backend: Backend, reference: dict[str, Any] | None = None) -> StepsObser
                         read_now(read, _lookup(values, read["name"], backend))
                     except LookupError:
                         continue
-    if not failed:
+    # The end's reads are a read point of their own, after a step that raised too: a value
+    # changed in place since the last read point (a parameter after sgd_step) must not be
+    # served from that point's copies. A sync that fails after a failed step leaves the
+    # values as the failure left them; their reads say what they can.
+    try:
         backend.before_reads()
+    except Exception:
+        if not failed:
+            raise
     ran = {o["index"] for o in outcomes if "error" not in o}
     for read in at_end:
         if read.get("made_by") is not None and read["made_by"] not in ran:
@@ -433,6 +441,30 @@ def compare(value: torch.Tensor | None, ref: Any, rtol: float) -> ReferenceCompa
         "max_abs_error": float(diff.max()) if diff.numel() else 0.0,
         "max_excess": float((diff - rtol * b.abs()).max()) if diff.numel() else 0.0,
         "finite": finite or same_nan,
+    }
+
+
+def forward_input(req: Any) -> torch.Tensor:
+    """A module case's forward input, seeded by the case (token ids for an Embedding)."""
+    gen = torch.Generator().manual_seed(req["seed"] + 1)
+    first = req["layers"][0][1]
+    shape = req["forward"]["input_shape"]
+    if first["kind"] == "Embedding":
+        return torch.randint(0, first["sizes"][0], shape, generator=gen)
+    return torch.randn(shape, generator=gen)
+
+
+def forward_report(got: torch.Tensor, want: torch.Tensor, rtol: float) -> ForwardObservation:
+    """The sharded module's forward output against the CPU module's: shapes first (an
+    output of another shape is never broadcast against the expected one)."""
+    compared = compare(got, want, rtol)
+    assert compared is not None
+    return {
+        "shape": list(got.shape),
+        "expected_shape": list(want.shape),
+        "max_abs_error": compared["max_abs_error"],
+        "max_excess": compared["max_excess"],
+        "finite": compared["finite"],
     }
 
 

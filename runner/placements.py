@@ -48,7 +48,9 @@ class Placement:
             return f"Shard({self.dim})"
         if self.kind == "replicate":
             return "Replicate()"
-        return f"Partial({self.reduce})" if self.reduce else "Partial()"
+        if self.kind == "partial":
+            return f"Partial({self.reduce})" if self.reduce else "Partial()"
+        return self.kind if self.kind.endswith(")") else f"{self.kind}()"  # one torch has
 
     def normalized(self, rank: int) -> Placement:
         """Shard with a non-negative dim for a tensor of this rank."""
@@ -61,6 +63,21 @@ class Placement:
         if self.kind == "shard":
             return ["shard", self.dim]
         return [self.kind, self.reduce] if self.reduce else [self.kind]
+
+    @classmethod
+    def from_json(cls, raw: list) -> Placement:
+        """The inverse of :meth:`as_json`, for what a worker observed: a placement shardspec
+        has no word for (``["_StridedShard"]``, a Partial of another reduction) keeps its
+        own name, so it is shown as it is and equals none of ours."""
+        kind = str(raw[0])
+        if kind == "shard":
+            return cls("shard", int(raw[1]))
+        if kind == "partial" and len(raw) > 1:
+            reduce = str(raw[1])
+            return (
+                cls("partial", reduce=reduce) if reduce in REDUCE_OPS else cls(f"Partial({reduce})")
+            )
+        return cls(kind)
 
 
 def parse(text: str) -> Placement:

@@ -228,6 +228,15 @@ def build(
         error = raw.get("error") if isinstance(raw, dict) else None
         if step.target in RESERVED_NAMES:
             raise r.fail(path, f"step {index}: {_reserved(step.target)}")
+        if step.target is not None and step.target in plans:
+            # One name, one value: the checks of the first (and x.grad) would silently go.
+            made = plans[step.target].made_by
+            first = "an input tensor" if made is None else f"the value of step {made}"
+            raise r.fail(
+                path,
+                f"step {index}: '{step.target}' already names {first}; each step makes one "
+                f"new value name: write {step.target}2 = ... and use {step.target}2 after it",
+            )
         try:
             resolved = calls.resolve(
                 step,

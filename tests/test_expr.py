@@ -204,6 +204,22 @@ def test_placement_text_and_normalized_dims():
 # --- layers -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "text", ["Shard(0)", "Shard(-1)", "Replicate()", "Partial()", "Partial(avg)", "Partial(max)"]
+)
+def test_placements_come_back_from_their_json(text):
+    placement = parse_placement(text)
+    assert Placement.from_json(placement.as_json()) == placement
+    assert str(Placement.from_json(placement.as_json())) == str(placement)
+
+
+def test_placements_shardspec_has_no_word_for_keep_their_names():
+    strided = Placement.from_json(["_StridedShard"])
+    assert str(strided) == "_StridedShard()"
+    assert strided not in (parse_placement("Replicate()"), parse_placement("Shard(0)"))
+    assert str(Placement.from_json(["partial", "prod"])) == "Partial(prod)"
+
+
 def test_layers_parse_with_sizes_in_n():
     layer = parse_layer("Linear(2*n, n, bias=false)", 4)
     assert (layer.kind, layer.sizes, layer.bias) == ("Linear", (8, 4), False)

@@ -172,6 +172,8 @@ def test_a_wrong_local_shape_is_a_spec_problem_before_running(
         ("y = matmul(x, x)", "8:9", "matmul"),
         ("y = redistribute(x, [Replicate(), Replicate()])", "8:9", "mesh"),
         ("y = relu(x", "8:9", "step 1"),
+        ("x = relu(x)", "8:9", "'x' already names an input tensor; each step makes one new"),
+        ("w = relu(x)", "9:9", "step 2: 'w' already names the value of step 1"),
     ],
 )
 def test_validate_locates_step_mistakes_without_torch(
