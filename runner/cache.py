@@ -41,6 +41,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +76,13 @@ def code_fingerprint() -> str:
     """What identifies the code that made an entry: version, sources, schema, Python."""
     digest = hashlib.sha256()
     digest.update(f"{FORMAT}|{__version__}|{sys.version}|".encode())
+    # What reads the files is part of it too: a PyYAML or schema validator upgrade may load
+    # or judge the same bytes differently (yamlload.py notes one such change).
+    for package in ("PyYAML", "jsonschema", "jsonschema-rs"):
+        try:
+            digest.update(f"{package}={metadata.version(package)}|".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}=none|".encode())
     here = Path(__file__).resolve().parent
     for source in sorted(here.glob("*.py")):
         info = source.stat()
@@ -415,12 +423,14 @@ class Store:
         Files whose entry is fresh are left to those unless ``all_files``. ``then`` runs on
         each file's Expanded in its process, and its result is what ``take`` gives."""
         wanted = list(dict.fromkeys(keys))
+        self.close()
+        if len(files) < 2 or _processes() < 2:
+            return None  # nothing to gain: don't read every file's entry for nothing
         jobs = [
             (path, shown)
             for path, shown in files
             if all_files or not self.fresh(path, shown, wanted, max_elements)
         ]
-        self.close()
         self._prefetch = Prefetch.start(self.directory, jobs, wanted, max_elements, then)
         return self._prefetch
 

@@ -103,6 +103,28 @@ def test_each_engine_and_count_goes_to_one_worker() -> None:
     assert len(ran) == 2  # both workers got work
 
 
+def test_fewer_groups_than_workers_are_cut_into_parts() -> None:
+    ids = [f"specs/a.yaml::c{i:02d}[xla-n4-grad]" for i in range(40)]
+    ids += [f"specs/a.yaml::tiny{i}[native-n4]" for i in range(5)]  # too few to cut
+    sched = scheduler(3)
+    nodes = [FakeNode(f"gw{i}") for i in range(3)]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, ids)
+    sched.schedule()
+    ran = run_all(sched, nodes)
+    assert sorted(t for tests in ran.values() for t in tests) == sorted(ids)  # each once
+    assert sched.tests_finished
+    assert len(ran) == 3  # every worker got work
+    workers_of_xla = {w for w, tests in ran.items() for t in tests if "[xla-" in t}
+    assert len(workers_of_xla) == 2  # 40 tests: two parts of 20 (each part >= MIN_PART)
+    workers_of_native = {w for w, tests in ran.items() for t in tests if "[native-" in t}
+    assert len(workers_of_native) == 1
+    for tests in ran.values():  # a part is consecutive: files stay together
+        xla = [t for t in tests if "[xla-" in t]
+        assert xla == sorted(xla)
+
+
 def test_other_dist_modes_keep_xdists_scheduler() -> None:
     for dist in ("loadscope", "loadfile", "loadgroup", "worksteal", "each", "no"):
         config = SimpleNamespace(option=SimpleNamespace(dist=dist))
