@@ -534,7 +534,7 @@ def _is_placements(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, Placement) for v in value)
 
 
-def _spec_entry_ok(ctx: _Ctx, value: Any) -> bool:
+def _spec_entry_ok(value: Any) -> bool:
     if value is None or isinstance(value, Name) or _is_int(value):
         return True
     return isinstance(value, list) and all(isinstance(v, Name) or _is_int(v) for v in value)
@@ -557,7 +557,7 @@ def _kind_ok(ctx: _Ctx, kind: str, value: Any) -> bool:
         "sizes": lambda v: isinstance(v, list) and all(_is_int(d) for d in v),
         "bool": lambda v: isinstance(v, bool),
         "number": _is_number,
-        "spec": lambda v: isinstance(v, list) and all(_spec_entry_ok(ctx, e) for e in v),
+        "spec": lambda v: isinstance(v, list) and all(_spec_entry_ok(e) for e in v),
     }
     if base == "dims":  # dims_or_null: one dim or a list of them
         return _is_int(value) or checks["dims"](value)
@@ -1429,8 +1429,3 @@ def _sgd_step(ctx: _Ctx, sem: dict[str, Any]) -> tuple[None, dict]:
     if sem["lr"] <= 0:
         raise ctx.fail(f"sgd_step: lr={sem['lr']} must be more than 0, such as 0.1", "lr")
     return None, {}
-
-
-def names() -> list[str]:
-    """Every call's name, in the allowlist's order."""
-    return list(CALLS)

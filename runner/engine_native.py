@@ -37,7 +37,6 @@ from .protocol import (
     ReadJson,
     Request,
     ShardObservation,
-    StepJson,
     StepsObservation,
     StepsRequest,
     TensorObservation,
@@ -302,50 +301,17 @@ class NativeBackend(interpreter.Backend):
             x, self.mesh, to_placements(spec["placements"]), src_data_rank=None
         )
 
-    def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
-        name = step["call"]
-        if kwargs.get("grad_placements") is not None:
-            kwargs = dict(kwargs, grad_placements=to_placements(kwargs["grad_placements"]))
-        if name == "distribute_tensor":
-            return distribute_tensor(args[0], self.mesh, to_placements(args[1]), **kwargs)
-        if name == "redistribute":
-            return args[0].redistribute(self.mesh, to_placements(args[1]), **kwargs)
-        if name == "to_local":
-            return args[0].to_local(**kwargs)
-        if name == "full_tensor":
-            return args[0].full_tensor(**kwargs)
-        if name == "from_local":
-            return DTensor.from_local(
-                args[0], self.mesh, to_placements(args[1]), **interpreter.from_local_kwargs(kwargs)
-            )
-        raise ValueError(f"unknown DTensor call {name}")
-
     def global_data(self, value: Any) -> torch.Tensor | None:
         if isinstance(value, DTensor):
-            return value.full_tensor().detach()  # a collective: every rank reads in order
+            # A collective: every rank reads the same values in the same order, once each.
+            return self.once_per_read_point(value, lambda v: v.full_tensor().detach())
         if isinstance(value, torch.Tensor):
             return value.detach()
         return None
 
     def observe(self, value: Any, read: ReadJson) -> ValueObservation:
-        out: ValueObservation = {
-            "type": type(value).__name__,
-            "mro": [cls.__name__ for cls in type(value).__mro__],
-        }
-        if not isinstance(value, torch.Tensor):
-            return out
-        out.update(
-            shape=list(value.shape),
-            dtype=str(value.dtype).removeprefix("torch."),
-            requires_grad=bool(value.requires_grad),
-            is_leaf=bool(value.is_leaf),
-        )
-        if isinstance(value, DTensor):
-            try:
-                out["placements"] = [placement_json(p) for p in value.placements]
-            except Exception as exc:
-                out["placements_error"] = error_info(exc)
-                return out
+        out = interpreter.describe(value)
+        if isinstance(value, DTensor) and "placements_error" not in out:
             whole = self.global_data(value)
             out["shards"] = [_piece(value.to_local(), value, whole, self.rank)]
         return out

@@ -193,8 +193,6 @@ class XlaBackend(interpreter.Backend):
         super().__init__(req)
         self.mesh = _mesh(req["mesh"])
         self.device = torch_xla.device()
-        # id -> (the tensor, kept so that its id stays its own; its CPU copy), per read point
-        self._cpu: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if req.get("module") is not None:
             self.model = distribute_model(
                 interpreter.build_model(req), req["module"], self.mesh, self.device
@@ -206,24 +204,6 @@ class XlaBackend(interpreter.Backend):
             return data.to(self.device).detach().requires_grad_(spec["requires_grad"])
         x = data.clone().requires_grad_(spec["requires_grad"])
         return distribute_tensor(x, self.mesh, to_placements(spec["placements"]))
-
-    def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
-        name = step["call"]
-        if "grad_placements" in kwargs and kwargs["grad_placements"] is not None:
-            kwargs = dict(kwargs, grad_placements=to_placements(kwargs["grad_placements"]))
-        if name == "distribute_tensor":
-            return distribute_tensor(args[0], self.mesh, to_placements(args[1]), **kwargs)
-        if name == "redistribute":
-            return args[0].redistribute(self.mesh, to_placements(args[1]), **kwargs)
-        if name == "to_local":
-            return args[0].to_local(**kwargs)
-        if name == "full_tensor":
-            return args[0].full_tensor(**kwargs)
-        if name == "from_local":
-            return DTensor.from_local(
-                args[0], self.mesh, to_placements(args[1]), **interpreter.from_local_kwargs(kwargs)
-            )
-        raise ValueError(f"unknown DTensor call {name}")
 
     def xla_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
         name = step["call"]
@@ -242,20 +222,15 @@ class XlaBackend(interpreter.Backend):
         return xs.mark_sharding(args[0], mesh, spec)
 
     def before_reads(self) -> None:
-        # Values change only between read points: the copies of the last one go first
-        # (even if the sync below raises).
-        self._cpu.clear()
+        super().before_reads()  # first: the last read point's copies go even if sync raises
         # wait=True: reading local_shards while an async execution is in flight fails at
         # random (measured: 5-11 of 46 ops per run) with the default sync().
         torch_xla.sync(wait=True)
 
     def _cpu_copy(self, glob: torch.Tensor) -> torch.Tensor:
-        """The value on the CPU, copied once per read point: a tiled tensor's .cpu()
-        costs about 3 ms (measured), and observe and the reference both need it."""
-        found = self._cpu.get(id(glob))
-        if found is None:
-            found = self._cpu[id(glob)] = (glob, glob.detach().cpu())
-        return found[1]
+        """The value on the CPU, copied once per read point (a tiled tensor's .cpu() costs
+        about 3 ms, measured)."""
+        return self.once_per_read_point(glob, lambda g: g.detach().cpu())
 
     @staticmethod
     def _global(value: Any) -> torch.Tensor | None:
@@ -273,23 +248,9 @@ class XlaBackend(interpreter.Backend):
         return None if glob is None else self._cpu_copy(glob)
 
     def observe(self, value: Any, read: ReadJson) -> ValueObservation:
-        out: ValueObservation = {
-            "type": type(value).__name__,
-            "mro": [cls.__name__ for cls in type(value).__mro__],
-        }
+        out = interpreter.describe(value)
         if not isinstance(value, torch.Tensor):
             return out
-        out.update(
-            shape=list(value.shape),
-            dtype=str(value.dtype).removeprefix("torch."),
-            requires_grad=bool(value.requires_grad),
-            is_leaf=bool(value.is_leaf),
-        )
-        if isinstance(value, DTensor):
-            try:
-                out["placements"] = [placement_json(p) for p in value.placements]
-            except Exception as exc:
-                out["placements_error"] = interpreter.error_info(exc)
         glob = self._global(value)
         if glob is None or glob.device.type != "xla":
             return out

@@ -67,7 +67,7 @@ def _apply(text: str, op: str, a: int, b: int, n: int) -> int:
     return a % b
 
 
-def _visible(text: str) -> str:
+def visible(text: str) -> str:
     """``text`` for a one-line message: tabs, newlines and other controls escaped."""
     return text if text.isprintable() else repr(text)[1:-1]
 
@@ -79,9 +79,9 @@ def _tokenize(text: str) -> list[str]:
     while pos < len(stripped):
         match = _TOKEN.match(stripped, pos)
         if not match:
-            bad = _visible(stripped[pos:].lstrip(" \t")[:1])
+            bad = visible(stripped[pos:].lstrip(" \t")[:1])
             raise ExprError(
-                f"'{_visible(text)}' is not a valid size: '{bad}' is not allowed; use whole numbers, n, "
+                f"'{visible(text)}' is not a valid size: '{bad}' is not allowed; use whole numbers, n, "
                 "+ - * / // % and parentheses (for example 3*n or n/2)"
             )
         tokens.append(match.group(match.lastindex))
@@ -104,7 +104,7 @@ def parse(text: str | int) -> Expr:
     tokens = _tokenize(text)
     if not tokens:
         raise ExprError("an empty expression; write a number or an expression in n such as 2*n")
-    shown = _visible(text)  # the text that messages quote, from here on
+    shown = visible(text)  # the text that messages quote, from here on
     parser = _Parser(shown, tokens)
     parser.expr()
     if parser.pos != len(tokens):

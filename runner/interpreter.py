@@ -11,13 +11,13 @@ same way. The reference engine acts on global values: DTensor calls keep the val
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .calls import DTENSOR_CALLS
 from .protocol import (
     ErrorInfo,
     ForwardObservation,
@@ -40,8 +40,6 @@ DTYPES = {
     "int64": torch.int64,
     "bool": torch.bool,
 }
-# torch.testing.assert_close's default relative tolerances; the checker owns atol.
-RTOL = {torch.float16: 1e-3, torch.bfloat16: 1.6e-2, torch.float32: 1.3e-6, torch.float64: 1e-7}
 
 
 def to_placement(spec: list) -> Any:
@@ -103,10 +101,6 @@ def make_input(shape: list[int], dtype: str, seed: int) -> torch.Tensor:
         x = torch.randn(shape, generator=gen, dtype=torch.float32)
         x = torch.where(x == 0, torch.ones_like(x), x).to(torch_dtype)
     return x
-
-
-def input_seed(case: str, name: str) -> int:
-    return zlib.crc32(f"{case}::{name}".encode())
 
 
 def _reduce(fn: Callable) -> Callable:
@@ -182,6 +176,10 @@ class Backend:
     def __init__(self, req: StepsRequest):
         self.req = req
         self.model: Any = None  # a module case's model, as the engine distributed it
+        self.mesh: Any = None  # the DeviceMesh the DTensor calls use (engines set it)
+        # id -> (the tensor, kept so that its id stays its own; what was made of it): what
+        # an engine reads of a value is made once per read point (once_per_read_point)
+        self._made: dict[int, tuple[Any, Any]] = {}
 
     def forward(self, x: Any) -> Any:
         """model(x): the module's forward, on the engine's distributed module."""
@@ -191,15 +189,45 @@ class Backend:
         raise NotImplementedError
 
     def dtensor_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
-        """distribute_tensor, redistribute, to_local, full_tensor, from_local."""
-        raise NotImplementedError
+        """distribute_tensor, redistribute, to_local, full_tensor, from_local: the DTensor
+        API itself, on this engine's mesh (``self.mesh``)."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        name = step["call"]
+        if kwargs.get("grad_placements") is not None:
+            kwargs = dict(kwargs, grad_placements=to_placements(kwargs["grad_placements"]))
+        if name == "distribute_tensor":
+            return distribute_tensor(args[0], self.mesh, to_placements(args[1]), **kwargs)
+        if name == "redistribute":
+            return args[0].redistribute(self.mesh, to_placements(args[1]), **kwargs)
+        if name == "to_local":
+            return args[0].to_local(**kwargs)
+        if name == "full_tensor":
+            return args[0].full_tensor(**kwargs)
+        if name == "from_local":
+            return DTensor.from_local(
+                args[0], self.mesh, to_placements(args[1]), **from_local_kwargs(kwargs)
+            )
+        raise ValueError(f"unknown DTensor call {name}")
 
     def xla_call(self, step: StepJson, args: list, kwargs: dict) -> Any:
         """mark_sharding, clear_sharding, sync: only engine xla has them."""
         raise NotImplementedError(f"{step['call']} needs torch_xla")
 
     def before_reads(self) -> None:
-        """Make computed values readable (torch_xla.sync() on xla)."""
+        """A read point begins: values may have changed since the last one, so what was
+        made of them goes (an engine that overrides this calls it first, then makes its
+        values readable: torch_xla.sync() on xla)."""
+        self._made.clear()
+
+    def once_per_read_point(self, tensor: Any, make: Callable[[Any], Any]) -> Any:
+        """``make(tensor)``, made once per read point: observing a value and comparing it
+        with the reference both need its global data (a 3 ms copy of a tiled tensor on
+        xla, a collective on native)."""
+        found = self._made.get(id(tensor))
+        if found is None:
+            found = self._made[id(tensor)] = (tensor, make(tensor))
+        return found[1]
 
     def observe(self, value: Any, read: ReadJson) -> ValueObservation:
         raise NotImplementedError
@@ -209,7 +237,6 @@ class Backend:
         raise NotImplementedError
 
 
-DTENSOR_CALLS = {"distribute_tensor", "redistribute", "to_local", "full_tensor", "from_local"}
 XLA_CALLS = {"mark_sharding", "clear_sharding", "sync"}
 
 
@@ -442,6 +469,32 @@ def compare(value: torch.Tensor | None, ref: Any, rtol: float) -> ReferenceCompa
         "max_excess": float((diff - rtol * b.abs()).max()) if diff.numel() else 0.0,
         "finite": finite or same_nan,
     }
+
+
+def describe(value: Any) -> ValueObservation:
+    """What every engine reads of a value first: its type and bases; for a tensor its
+    shape, dtype, requires_grad and is_leaf; for a DTensor its placements (or the error
+    reading them raised)."""
+    from torch.distributed.tensor import DTensor
+
+    out: ValueObservation = {
+        "type": type(value).__name__,
+        "mro": [cls.__name__ for cls in type(value).__mro__],
+    }
+    if not isinstance(value, torch.Tensor):
+        return out
+    out.update(
+        shape=list(value.shape),
+        dtype=str(value.dtype).removeprefix("torch."),
+        requires_grad=bool(value.requires_grad),
+        is_leaf=bool(value.is_leaf),
+    )
+    if isinstance(value, DTensor):
+        try:
+            out["placements"] = [placement_json(p) for p in value.placements]
+        except Exception as exc:
+            out["placements_error"] = error_info(exc)
+    return out
 
 
 def forward_input(req: Any) -> torch.Tensor:

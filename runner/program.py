@@ -46,7 +46,6 @@ VALUE_KEYS = (
     "values",
 )
 RESERVED_NAMES = frozenset((*VALUE_KEYS, "error", "forward", "n"))
-SHARDING_TYPES = ("replicated", "tiled", "partial", "manual", "maximal", "none")
 # torch.testing.assert_close's default tolerances per dtype (settled point 11).
 TOLERANCE = {
     "float16": (1e-5, 1e-3),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import expr
+from .expr import visible
 from .placements import REDUCE_OPS, Placement
 
 MAX_LENGTH = 2000
@@ -151,10 +152,6 @@ class _Tok:
     pos: int
 
 
-def _shown(text: str) -> str:
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
 def _tokenize(text: str) -> list[_Tok]:
     tokens: list[_Tok] = []
     pos = 0
@@ -163,14 +160,14 @@ def _tokenize(text: str) -> list[_Tok]:
         if not match:
             char = text[pos]
             hint = _CHAR_HINTS.get(char) or (
-                f"'{_shown(char)}' can't be used in a step; a step is {FORM}, with value names, "
+                f"'{visible(char)}' can't be used in a step; a step is {FORM}, with value names, "
                 "numbers, lists in [ ] and placements"
             )
             raise StepSyntaxError(hint, pos)
         kind = match.lastgroup or ""
         if kind == "name" and match.end() < len(text) and text[match.end()] == ".":
             raise StepSyntaxError(
-                f"'{_shown(match.group() + '.')}' ends with a '.'; a dotted value name joins words, "
+                f"'{visible(match.group() + '.')}' ends with a '.'; a dotted value name joins words, "
                 "such as x.grad",
                 match.end(),
             )
@@ -179,7 +176,7 @@ def _tokenize(text: str) -> list[_Tok]:
             if end < len(text) and (text[end].isalpha() or text[end] == "_"):
                 word = re.match(r"[0-9A-Za-z_.]*", text[match.start() :])
                 raise StepSyntaxError(
-                    f"'{_shown(word.group() if word else text[pos:end])}' is not a number or a "
+                    f"'{visible(word.group() if word else text[pos:end])}' is not a number or a "
                     "name: names start with a letter, and a number times n is written 2*n",
                     pos,
                 )
@@ -227,7 +224,7 @@ def parse_step(text: str) -> Step:
     if not isinstance(text, str):
         shown = "a list" if isinstance(text, list) else "a map" if isinstance(text, dict) else None
         raise StepSyntaxError(
-            f"a step is text, not {shown or _shown(str(text))}; write {FORM}"
+            f"a step is text, not {shown or visible(str(text))}; write {FORM}"
             + ("; a map step is {do: STEP, expect: ...}" if isinstance(text, dict) else ""),
             0,
         )
@@ -271,7 +268,7 @@ class _Parser:
         args, kwargs = self.arguments(call)
         if self.tok.kind != "end":
             raise self.fail(
-                f"'{_shown(self.text[self.tok.pos :].strip())[:40]}' comes after the call's closing "
+                f"'{visible(self.text[self.tok.pos :].strip())[:40]}' comes after the call's closing "
                 f"')'; a step is one call: write {FORM}",
                 self.tok,
             )
@@ -330,7 +327,7 @@ class _Parser:
             raise self.fail(f"the call's name is missing before '('; write {FORM}", tok)
         if tok.kind != "name":
             raise self.fail(
-                f"a step is a call, and '{_shown(tok.text)}' is not a call's name; write {FORM}",
+                f"a step is a call, and '{visible(tok.text)}' is not a call's name; write {FORM}",
                 tok,
             )
         is_call = after.kind == "punct" and after.text == "("
@@ -355,7 +352,7 @@ class _Parser:
                     tok,
                 )
             raise self.fail(
-                f"after '{tok.text}' comes '{_shown(after.text)}', but a step is one call: write "
+                f"after '{tok.text}' comes '{visible(after.text)}', but a step is one call: write "
                 f"{FORM} (arithmetic is a call too, such as y = add(x, 1))",
                 after,
             )
@@ -410,7 +407,7 @@ class _Parser:
                 "'=' can't come here; a keyword argument is one word then '=', such as dim=0 "
                 "('==' is not used)"
             )
-        return f"a ',' is missing before '{_shown(tok.text)}': arguments are separated by commas"
+        return f"a ',' is missing before '{visible(tok.text)}': arguments are separated by commas"
 
     def value(self, what: str) -> Any:
         tok = self.tok
@@ -462,7 +459,7 @@ class _Parser:
             if not _INT.fullmatch(digits) or len(digits) > 6:
                 raise self.fail(
                     f"Shard takes one whole number, the tensor dim it splits, such as Shard(0) or "
-                    f"Shard(-1), not Shard({_shown(words)})",
+                    f"Shard(-1), not Shard({visible(words)})",
                     tok,
                 )
             return Placement("shard", sign * int(digits))
@@ -477,7 +474,7 @@ class _Parser:
                 return Placement("partial", reduce=inner[0].text)
             raise self.fail(
                 "Partial takes nothing (a sum) or one of sum, avg, max, min, such as Partial(avg), "
-                f"not Partial({_shown(words)})",
+                f"not Partial({visible(words)})",
                 tok,
             )
         close = next((p for p in PLACEMENT_NAMES if p.lower() == name.lower()), None)
@@ -579,7 +576,7 @@ class _Parser:
             return self._number(tok)
         if tok.kind != "name":
             raise self.fail(
-                f"'{_shown(tok.text)}' alone is not a value; write a value name, a number, or a "
+                f"'{visible(tok.text)}' alone is not a value; write a value name, a number, or a "
                 "size such as 2*n",
                 tok,
             )
