@@ -1412,9 +1412,9 @@ def _model(ctx: _Ctx, sem: dict[str, Any]) -> tuple[ValueInfo, dict]:
         elif not shape:
             raise ctx.fail(f"model: {x.name} is a single number; give it at least one dim", "x")
         else:
-            problem = first.input_problem(list(shape))
+            problem = first.input_problem(list(shape), what=x.name)
             if problem:
-                raise ctx.fail(f"model: {problem.replace('forward.input_shape', x.name)}", "x")
+                raise ctx.fail(f"model: {problem}", "x")
         try:
             shape = output_shapes(layers, tuple(shape))[-1]
         except LayerError as exc:

@@ -17,6 +17,7 @@ from .oracle import ShardLayout
 from .placements import Placement
 from .problems import Mark
 from .protocol import ErrorInfo, ModuleObservation, Observation, TensorObservation
+from .xla_sharding import REPLICATED
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
         )
     by_device = {s["device"]: s for s in shards}
     for declared in variant.expects:
-        if variant.engine != "xla" and declared.name in XLA_ONLY_EXPECTATIONS:
+        if variant.engine != "xla" and declared.name in XLA_ONLY:
             variant.unchecked.append(
                 f"expect.{declared.name} (XLA only; not made on {variant.engine})"
             )
@@ -229,7 +230,8 @@ def _check_tensor(variant: Variant, obs: TensorObservation) -> list[Failure]:
 
 RESULT_TYPE = {"xla": "XLAShardedTensor", "native": "DTensor"}
 # What only XLA has (settled point 12): not made on other engines, and listed as such.
-XLA_ONLY_EXPECTATIONS = ("padded_local_shape", "sharding_spec")
+# What only torch_xla has (settled point 12): not checked on other engines, and listed.
+XLA_ONLY = ("padded_local_shape", "sharding_spec", "sharding_type")
 
 
 def _check_shards(
@@ -359,9 +361,6 @@ def _check_module(variant: Variant, obs: ModuleObservation) -> list[Failure]:
         elif declared.name == "forward":
             failures.extend(_check_forward(declared.value, declared.mark, obs.get("forward")))
     return failures
-
-
-REPLICATED = "{replicated}"
 
 
 def _native_params(variant: Variant, declared: Any, params: dict) -> list[Failure]:

@@ -15,19 +15,14 @@ import re
 from typing import Any
 
 from . import oracle, xla_sharding
-from .check import Failure, _check_shards, _spec_matches, _spec_wanted
+from .check import XLA_ONLY, Failure, _check_shards, _spec_matches, _spec_wanted
 from .expand import Variant
 from .placements import Placement
 from .placements import parse as parse_placement
 from .program import ValuePlan
 from .protocol import ErrorInfo, StepsObservation, ValueObservation
 
-REFERENCE_ERROR = "reference_error"
-XLA_ONLY = (
-    "sharding_spec",
-    "sharding_type",
-    "padded_local_shape",
-)  # settled point 12  # never an expected failure: the spec is wrong
+REFERENCE_ERROR = "reference_error"  # never an expected failure: the spec is wrong
 
 
 def _placement_of(raw: list | str) -> Placement:
@@ -48,7 +43,7 @@ def sharding_type(spec: str) -> str:
     """XLA's sharding type read off its string (settled point 9)."""
     if not spec:
         return "none"
-    if spec == "{replicated}":
+    if spec == xla_sharding.REPLICATED:
         return "replicated"
     if spec.startswith("{maximal"):
         return "maximal"

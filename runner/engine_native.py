@@ -44,8 +44,8 @@ from .protocol import (
     ValueObservation,
 )
 from .threaded import ThreadedWorld, WorldBroken
+from .worker import fault_actions
 
-FAULT_ENV = "SHARDSPEC_TEST_FAULT"  # the worker's test-only fault injection, per rank here
 DEFAULT_TIMEOUT = 60.0
 _world: ThreadedWorld | None = None
 
@@ -76,10 +76,7 @@ def _mesh(shape: list[int], names: list[str] | None = None) -> DeviceMesh:
 
 def _fault(req: Request, rank: int) -> None:
     """``SHARDSPEC_TEST_FAULT=<case id>=rank_raise|rank_hang``: rank 1 (or 0) misbehaves."""
-    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        case_id, _, action = item.partition("=")
-        if not req.get("case", "").endswith(f"::{case_id}"):
-            continue
+    for action in fault_actions(req):
         victim = 1 if _world is not None and _world.world_size > 1 else 0
         if rank != victim:
             continue

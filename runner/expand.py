@@ -31,7 +31,6 @@ __all__ = ["Expect", "ParamLayout", "Variant", "expand", "parse_device_counts", 
 
 DEFAULT_MAX_ELEMENTS = 1 << 26
 MAX_DEVICES = 4096
-FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
 # The checks made unasked (DESIGN.md settled point 14); `checks:` turns one off.
 CHECKS = (
     "type",
@@ -220,7 +219,7 @@ def _plan_tensor(variant: Variant, r: Resolver, found: Collected, max_elements: 
         raise r.fail((), "the case needs placements, one per mesh axis, such as [Shard(0)]")
     places = r.placements(data["placements"], ("placements",), mesh, len(shape))
     dtype = inp.get("dtype", "float32")
-    if variant.requires_grad and dtype not in FLOAT_DTYPES:
+    if variant.requires_grad and dtype not in program.TOLERANCE:  # floating dtypes
         raise r.fail(
             ("input", "requires_grad"),
             f"requires_grad: true needs a floating dtype, but dtype is {dtype}; "
@@ -315,28 +314,19 @@ def _placed(
 
 
 def _plan_module(variant: Variant, r: Resolver, found: Collected, max_elements: int) -> None:
+    module = _module_spec(variant, r, max_elements)
     mesh = r.mesh()
-    layers = _layers(r, max_elements)
-    shapes = {f"{name}.{p}": shape for name, layer in layers for p, shape in layer.params.items()}
-    variant.param_layouts = _placed(r, mesh, shapes)
-    variant.description.update(mesh=list(mesh), module={n: str(layer) for n, layer in layers})
-    inp, out = _io_placements(r, mesh)
+    variant.description.update(
+        mesh=list(mesh), module={n: str(layer) for n, layer in module.layers}
+    )
     request: ModuleRequest = {
         "op": "module",
         "mesh": list(mesh),
-        "layers": [(name, layer.as_json()) for name, layer in layers],
-        "params": {
-            name: [p.as_json() for p in placed.placements]
-            for name, placed in variant.param_layouts.items()
-        },
-        "partition": bool(r.case.data.get("shard")),
-        "input_placements": None if inp is None else [p.as_json() for p in inp],
-        "output_placements": None if out is None else [p.as_json() for p in out],
-        "seed": _seed(variant.case),
+        **program.module_json(module, _seed(variant.case)),  # type: ignore[typeddict-item]
     }
     variant.request = request
-    expectations.module(found, shapes, variant.param_layouts)
-    _forward(r, found, request, layers, max_elements)
+    expectations.module(found, module.shapes, variant.param_layouts)
+    _forward(r, found, request, module.layers, max_elements)
 
 
 def _forward(

@@ -212,18 +212,19 @@ class Layer:
             tuple((data.get("options") or {}).items()),
         )
 
-    def input_problem(self, shape: list[int]) -> str | None:
-        """Why a forward input of ``shape`` can't go into this (first) layer, if it can't."""
+    def input_problem(self, shape: list[int], what: str = "forward.input_shape") -> str | None:
+        """Why an input of ``shape`` can't go into this (first) layer, if it can't;
+        ``what`` names the input in the message."""
         if self.kind in ("Linear", "LayerNorm") and shape and shape[-1] != self.sizes[0]:
-            what = "takes" if self.kind == "Linear" else "normalizes"
+            verb = "takes" if self.kind == "Linear" else "normalizes"
             return (
-                f"forward.input_shape {shape} ends in {shape[-1]}, but the first layer {self} "
-                f"{what} {self.sizes[0]} features"
+                f"{what} {shape} ends in {shape[-1]}, but the first layer {self} "
+                f"{verb} {self.sizes[0]} features"
             )
         try:
             _fit(self, tuple(shape))
         except _Misfit as why:
-            return f"forward.input_shape {shape} doesn't fit the first layer {self}: {why}"
+            return f"{what} {shape} doesn't fit the first layer {self}: {why}"
         return None
 
     def features_out(self, features: int | None) -> int | None:

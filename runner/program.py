@@ -10,6 +10,7 @@ the worker and, per value read, what the checker compares.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def build(
         if not isinstance(spec, dict) or "shape" not in spec:
             raise r.fail(path, f"tensor {name} needs a shape, such as {name}: {{shape: [8, 3]}}")
         shape = r.shape(spec["shape"], (*path, "shape"))
-        if (elements := _prod(shape)) > max_elements:
+        if (elements := math.prod(shape)) > max_elements:
             raise r.fail(
                 (*path, "shape"),
                 f"{name}'s shape {list(shape)} has {elements} elements at n={n}, over the limit "
@@ -321,7 +322,9 @@ def build(
             plan.atol, plan.rtol = plans[plan.read_name].atol, plans[plan.read_name].rtol
     request: StepsRequest = {
         "op": "steps",
-        "module": _module_json(module, zlib.crc32(f"{seed_base}::model".encode())),
+        "module": None
+        if module is None
+        else module_json(module, zlib.crc32(f"{seed_base}::model".encode())),
         "mesh": list(mesh),
         "mesh_names": list(names) if names else None,
         "tensors": tensors,
@@ -332,9 +335,8 @@ def build(
     return Program(request, plans, steps, engines, xla_only)
 
 
-def _module_json(module: ModuleSpec | None, seed: int) -> dict | None:
-    if module is None:
-        return None
+def module_json(module: ModuleSpec, seed: int) -> dict[str, Any]:
+    """The model as the worker builds and distributes it (a module request's fields)."""
 
     def places(p: tuple[Placement, ...] | None) -> list | None:
         return None if p is None else [x.as_json() for x in p]
@@ -349,13 +351,6 @@ def _module_json(module: ModuleSpec | None, seed: int) -> dict | None:
         "input_placements": places(module.input_placements),
         "output_placements": places(module.output_placements),
     }
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def _reserved(name: str) -> str:

@@ -35,16 +35,25 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _inject_fault(req: dict) -> None:
-    """``SHARDSPEC_TEST_FAULT=<case id>=crash|hang[,...]`` makes that case fail hard."""
+def fault_actions(req: dict) -> list[str]:
+    """The faults ``SHARDSPEC_TEST_FAULT=<case id>=<action>[,...]`` asks of this case."""
+    actions = []
     for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
         case_id, _, action = item.partition("=")
         if req.get("case", "").endswith(f"::{case_id}"):
-            print(f"injected fault: {action}", file=sys.stderr, flush=True)
-            if action == "crash":
-                os._exit(139)
-            if action == "hang":
-                time.sleep(3600)
+            actions.append(action)
+    return actions
+
+
+def _inject_fault(req: dict) -> None:
+    """``crash`` and ``hang`` make the case fail hard (the native engine's rank faults are
+    its own: engine_native._fault)."""
+    for action in fault_actions(req):
+        print(f"injected fault: {action}", file=sys.stderr, flush=True)
+        if action == "crash":
+            os._exit(139)
+        if action == "hang":
+            time.sleep(3600)
 
 
 def main() -> int:
