@@ -22,7 +22,6 @@ from torch.distributed.tensor import (
     DeviceMesh,
     DTensor,
     Partial,
-    Replicate,
     distribute_module,
     distribute_tensor,
 )
@@ -230,36 +229,6 @@ def run_module(req: ModuleRequest) -> ModuleObservation:
 # --- v1.1 steps ------------------------------------------------------------------------
 
 
-def module_fns(spec: Any) -> dict[str, Any]:
-    """distribute_module's input_fn and output_fn. On native the input is distributed as
-    Replicate() on every mesh axis unless input_placements says otherwise (settled 15)."""
-    fns: dict[str, Any] = {}
-    raw = spec.get("input_placements")
-
-    def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
-        wanted = to_placements(raw) if raw is not None else [Replicate()] * device_mesh.ndim
-        return tuple(
-            t.redistribute(device_mesh, wanted)
-            if isinstance(t, DTensor)
-            else distribute_tensor(t, device_mesh, wanted, src_data_rank=None)
-            if isinstance(t, torch.Tensor)
-            else t
-            for t in inputs
-        )
-
-    fns["input_fn"] = input_fn
-    if spec.get("output_placements") is not None:
-        out_wanted = to_placements(spec["output_placements"])
-
-        def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
-            if isinstance(outputs, DTensor):
-                return outputs.redistribute(device_mesh, out_wanted)
-            return distribute_tensor(outputs, device_mesh, out_wanted, src_data_rank=None)
-
-        fns["output_fn"] = output_fn
-    return fns
-
-
 def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh) -> nn.Module:
     """distribute_module with each placed parameter made a DTensor parameter; DTensor then
     replicates the rest (settled point 15)."""
@@ -275,7 +244,12 @@ def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh) -> nn.Module
                 module.register_parameter(param_name, nn.Parameter(dist))
 
     return distribute_module(
-        model, mesh, partition if spec.get("partition", True) else None, **module_fns(spec)
+        model,
+        mesh,
+        partition if spec.get("partition", True) else None,
+        # settled point 15: the input is Replicate() unless input_placements says otherwise;
+        # every rank holds the same data, so it is split without a collective
+        **interpreter.module_fns(spec, replicate_input=True, src_data_rank=None),
     )
 
 

@@ -19,7 +19,6 @@ import torch_xla.runtime as xr
 from torch import nn
 from torch.distributed.tensor import (
     DeviceMesh,
-    DTensor,
     distribute_module,
     distribute_tensor,
 )
@@ -276,35 +275,6 @@ class XlaBackend(interpreter.Backend):
         return out
 
 
-def module_fns(spec: Any) -> dict[str, Any]:
-    """distribute_module's input_fn and output_fn for input_placements/output_placements."""
-    fns: dict[str, Any] = {}
-    if spec.get("input_placements") is not None:
-        wanted = to_placements(spec["input_placements"])
-
-        def input_fn(module: nn.Module, inputs: Any, device_mesh: DeviceMesh) -> Any:
-            return tuple(
-                t.redistribute(device_mesh, wanted)
-                if isinstance(t, DTensor)
-                else distribute_tensor(t, device_mesh, wanted)
-                if isinstance(t, torch.Tensor)
-                else t
-                for t in inputs
-            )
-
-        fns["input_fn"] = input_fn
-    if spec.get("output_placements") is not None:
-        out_wanted = to_placements(spec["output_placements"])
-
-        def output_fn(module: nn.Module, outputs: Any, device_mesh: DeviceMesh) -> Any:
-            if isinstance(outputs, DTensor):
-                return outputs.redistribute(device_mesh, out_wanted)
-            return distribute_tensor(outputs, device_mesh, out_wanted)
-
-        fns["output_fn"] = output_fn
-    return fns
-
-
 def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh, device: Any) -> nn.Module:
     """The case's module on XLA: moved to the device first (distributing CPU parameters
     shards copies), then distribute_module with the placed parameters annotated in place."""
@@ -318,7 +288,10 @@ def distribute_model(model: nn.Module, spec: Any, mesh: DeviceMesh, device: Any)
                 distribute_tensor(param, device_mesh, to_placements(placed[full]))
 
     return distribute_module(
-        model, mesh, partition if spec.get("partition", True) else None, **module_fns(spec)
+        model,
+        mesh,
+        partition if spec.get("partition", True) else None,
+        **interpreter.module_fns(spec, replicate_input=False),
     )
 
 

@@ -497,6 +497,42 @@ def describe(value: Any) -> ValueObservation:
     return out
 
 
+def module_fns(spec: Any, *, replicate_input: bool, src_data_rank: Any = 0) -> dict[str, Any]:
+    """distribute_module's input_fn and output_fn for a module's input_placements and
+    output_placements. With ``replicate_input``, an input with no input_placements is
+    distributed as Replicate() on every mesh axis; ``src_data_rank`` is passed on to
+    distribute_tensor when it is not torch's default (0)."""
+    from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+
+    extra = {} if src_data_rank == 0 else {"src_data_rank": src_data_rank}
+
+    def place(t: Any, mesh: Any, wanted: list) -> Any:
+        if isinstance(t, DTensor):
+            return t.redistribute(mesh, wanted)
+        if isinstance(t, torch.Tensor):
+            return distribute_tensor(t, mesh, wanted, **extra)
+        return t
+
+    fns: dict[str, Any] = {}
+    raw = spec.get("input_placements")
+    asked = to_placements(raw) if raw is not None else None
+    if asked is not None or replicate_input:
+
+        def input_fn(module: Any, inputs: Any, device_mesh: Any) -> Any:
+            wanted = asked if asked is not None else [Replicate()] * device_mesh.ndim
+            return tuple(place(t, device_mesh, wanted) for t in inputs)
+
+        fns["input_fn"] = input_fn
+    if spec.get("output_placements") is not None:
+        out_wanted = to_placements(spec["output_placements"])
+
+        def output_fn(module: Any, outputs: Any, device_mesh: Any) -> Any:
+            return place(outputs, device_mesh, out_wanted)
+
+        fns["output_fn"] = output_fn
+    return fns
+
+
 def forward_input(req: Any) -> torch.Tensor:
     """A module case's forward input, seeded by the case (token ids for an Embedding)."""
     gen = torch.Generator().manual_seed(req["seed"] + 1)
