@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
+from _files import assert_lines, write
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "specs" / "distribute_tensor.yaml"
-
-
-def write(pytester: pytest.Pytester, relpath: str, text: str) -> Path:
-    path = pytester.path / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def assert_lines(result: pytest.RunResult, *fragments: str) -> None:
-    """Each fragment appears in the output (plain text: no glob brackets to escape)."""
-    out = result.stdout.str()
-    missing = [f for f in fragments if f not in out]
-    assert not missing, f"missing {missing} in:\n{out}"
 
 
 GOOD = """

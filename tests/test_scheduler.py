@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from collections import defaultdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _files import write
 
 from runner.scheduler import EngineScheduling, group_of, make_scheduler
 
@@ -160,13 +159,6 @@ cases:
     placements: [Shard(x)]
     input: {shape: [n, 2]}
 """
-
-
-def write(pytester: pytest.Pytester, relpath: str, text: str) -> Path:
-    path = pytester.path / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
 
 
 def workers_of(result: pytest.RunResult) -> dict[str, str]:

@@ -4,29 +4,14 @@ in-process (no torch), and the plugin through pytester on real XLA."""
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
-
-from runner.cli import main
+from _files import cli, write
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGN = REPO.parent / "shared" / "DESIGN.md"
-
-
-def write(root: Path, relpath: str, text: str) -> Path:
-    path = root / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def design_examples() -> list[str]:

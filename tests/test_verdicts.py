@@ -7,27 +7,12 @@ The pytest runs go through pytester on real XLA; the CLI runs in-process (no tor
 from __future__ import annotations
 
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
-
-from runner.cli import main
+from _files import cli, write
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write(root: Path, relpath: str, text: str) -> Path:
-    path = root / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 JUDGED = """
