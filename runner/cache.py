@@ -583,20 +583,23 @@ def spec_paths(
 
 # --- where the cache lives, for the shardspec command (pytest's own rules, simplified) ---
 
-_INI_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
-_SECTIONS = {
+# pytest 9's configuration files, in its order, and the tables that make each one pytest's
+# (None: the file counts as it is).
+_CONFIG_FILES: dict[str, tuple[str, ...] | None] = {
+    "pytest.toml": ("[pytest]",),
+    ".pytest.toml": ("[pytest]",),
     "pytest.ini": None,
     ".pytest.ini": None,
-    "pyproject.toml": "[tool.pytest.ini_options]",
-    "tox.ini": "[pytest]",
-    "setup.cfg": "[tool:pytest]",
+    "pyproject.toml": ("[tool.pytest.ini_options]", "[tool.pytest]"),
+    "tox.ini": ("[pytest]",),
+    "setup.cfg": ("[tool:pytest]",),
 }
 _CACHE_DIR = re.compile(r"""^\s*cache_dir\s*=\s*["']?([^"'\n#]+?)["']?\s*$""", re.MULTILINE)
 
 
 def _ini_text(folder: Path) -> tuple[Path, str] | None:
     """The first pytest configuration in ``folder`` that pytest would use, and its text."""
-    for name in _INI_FILES:
+    for name, sections in _CONFIG_FILES.items():
         candidate = folder / name
         if not candidate.is_file():
             continue
@@ -604,35 +607,41 @@ def _ini_text(folder: Path) -> tuple[Path, str] | None:
             text = candidate.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        section = _SECTIONS[name]
-        if section is None:
+        if sections is None:
             return candidate, text
-        start = text.find(section)
-        if start >= 0:
-            end = text.find("\n[", start + len(section))
-            return candidate, text[start : end if end >= 0 else len(text)]
+        for section in sections:
+            start = text.find(section)
+            if start >= 0:
+                end = text.find("\n[", start + len(section))
+                return candidate, text[start : end if end >= 0 else len(text)]
     return None
 
 
 def pytest_cache_dir(paths: Iterable[Path]) -> Path:
     """The folder where pytest run on ``paths`` keeps its cache (``d/shardspec`` inside).
 
-    As pytest finds its rootdir: the nearest folder, from the common ancestor of the paths
-    upwards, whose pytest.ini, pyproject.toml ([tool.pytest.ini_options]), tox.ini ([pytest])
-    or setup.cfg ([tool:pytest]) configures pytest; its ``cache_dir`` if set, else
-    ``.pytest_cache`` there. Without one, the common ancestor (or the current folder).
+    As pytest 9 finds its rootdir: the nearest folder, from the common ancestor of the
+    paths upwards, whose pytest.toml or .pytest.toml ([pytest]), pytest.ini, .pytest.ini,
+    pyproject.toml ([tool.pytest] or [tool.pytest.ini_options]), tox.ini ([pytest]) or
+    setup.cfg ([tool:pytest]) configures pytest; its ``cache_dir`` if set, else
+    ``.pytest_cache`` there. Without one, the nearest folder with a pyproject.toml, else
+    the common ancestor. (``--rootdir``, ``-c`` and ``-o cache_dir`` are pytest's options,
+    which the shardspec command does not see.)
     """
     resolved = [p.resolve() for p in paths] or [Path.cwd()]
     common = Path(os.path.commonpath([str(p) for p in resolved]))
     if common.is_file():
         common = common.parent
+    pyproject: Path | None = None
     for folder in (common, *common.parents):
         found = _ini_text(folder)
         if found is not None:
             match = _CACHE_DIR.search(found[1])
             cache_dir = match.group(1).strip() if match else DEFAULT_CACHE_DIR
             return (folder / os.path.expandvars(cache_dir)).resolve()
-    return common / DEFAULT_CACHE_DIR
+        if pyproject is None and (folder / "pyproject.toml").is_file():
+            pyproject = folder
+    return (pyproject or common) / DEFAULT_CACHE_DIR
 
 
 def command_store(paths: Iterable[Path], enabled: bool = True) -> Store:

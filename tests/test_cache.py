@@ -289,6 +289,20 @@ def test_the_command_finds_pytests_cache_folder(tmp_path: Path) -> None:
     write(inner / "pyproject.toml", "[project]\nname = 'x'\n")
     write(inner / "specs" / "b.yaml", CASE)
     assert cache.pytest_cache_dir([inner / "specs"]) == tmp_path / ".custom_cache"
+    # pytest 9's own files come first: pytest.toml, and pyproject.toml's [tool.pytest]
+    write(tmp_path / "pytest.toml", '[pytest]\ncache_dir = ".toml_cache"\n')
+    assert cache.pytest_cache_dir([tmp_path / "specs"]) == tmp_path / ".toml_cache"
+    native = tmp_path / "native"
+    write(native / "pyproject.toml", '[tool.pytest]\ncache_dir = "c"\n')
+    assert cache.pytest_cache_dir([native]) == native / "c"
+    # with no configuration anywhere, the nearest pyproject.toml's folder is the rootdir
+    lone = tmp_path / "nowhere" / "proj"
+    write(lone / "pyproject.toml", "[project]\nname = 'x'\n")
+    write(lone / "specs" / "c.yaml", CASE)
+    (tmp_path / "pytest.toml").unlink()
+    (tmp_path / "pytest.ini").unlink()
+    (tmp_path / "pyproject.toml").unlink()
+    assert cache.pytest_cache_dir([lone / "specs"]) == lone / ".pytest_cache"
 
 
 def test_validate_shares_the_cache_with_pytest(
