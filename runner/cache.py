@@ -30,6 +30,7 @@ import fnmatch
 import functools
 import gc
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -41,7 +42,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,12 +77,18 @@ def code_fingerprint() -> str:
     digest = hashlib.sha256()
     digest.update(f"{FORMAT}|{__version__}|{sys.version}|".encode())
     # What reads the files is part of it too: a PyYAML or schema validator upgrade may load
-    # or judge the same bytes differently (yamlload.py notes one such change).
-    for package in ("PyYAML", "jsonschema", "jsonschema-rs"):
+    # or judge the same bytes differently (yamlload.py notes one such change). An install
+    # rewrites a package's files, so their size and mtime tell (importlib.metadata would
+    # cost the collection 5 MiB of imports, measured).
+    for module in ("yaml", "_yaml", "jsonschema", "jsonschema_rs"):
+        found = importlib.util.find_spec(module)
+        origin = found.origin if found is not None else None
         try:
-            digest.update(f"{package}={metadata.version(package)}|".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=none|".encode())
+            info = os.stat(origin) if origin else None
+        except OSError:
+            info = None
+        seen = f"{origin}:{info.st_size}:{info.st_mtime_ns}" if info is not None else "none"
+        digest.update(f"{module}={seen}|".encode())
     here = Path(__file__).resolve().parent
     for source in sorted(here.glob("*.py")):
         info = source.stat()
