@@ -38,6 +38,19 @@ class Reply:
     seconds: float
 
 
+def worker_env() -> dict[str, str]:
+    """The engine worker's environment: ours, and under pytest-xdist a share of the cores
+    for torch's threads (OMP_NUM_THREADS, unless set), so that the xdist workers' engines
+    don't oversubscribe the machine (measured on 2 cores, the library at 1,2,4,8 with
+    -n 2: 45.4 s without, 42.7 s with; -n 0 unchanged)."""
+    env = dict(os.environ)
+    workers = env.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if workers.isdigit() and int(workers) > 1 and "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // int(workers)))
+    return env
+
+
 class Worker:
     """One worker process and the pipes to it."""
 
@@ -64,6 +77,7 @@ class Worker:
         ]
         self.proc = subprocess.Popen(
             cmd,
+            env=worker_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from types import SimpleNamespace
@@ -124,6 +125,96 @@ def test_fewer_groups_than_workers_are_cut_into_parts() -> None:
         assert xla == sorted(xla)
 
 
+START = 5.0  # simulated seconds an engine worker takes to start
+
+
+class TimedNode(FakeNode):
+    """A simulated xdist worker: runs its queue in order, answers steals as xdist does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.steals: list[list[int]] = []
+        self.done = 0
+        self.clock = 0.0
+        self.groups: set[str] = set()
+
+    def send_steal(self, indices: list[int]) -> None:
+        self.steals.append(list(indices))
+
+
+def simulate(
+    sched: EngineScheduling, nodes: list[TimedNode], refuse: bool = False
+) -> tuple[dict[str, list[str]], float]:
+    """Run the collection on simulated clocks (1 s a test, START for a node's first test
+    of a group); which node ran which test, and when the last one ended."""
+    ran: dict[str, list[str]] = defaultdict(list)
+
+    def call(now: float, fn, *args) -> None:
+        idle = {node for node in nodes if node.done >= len(node.sent)}
+        fn(*args)
+        for node in nodes:  # steals are answered at once: all requested, or none
+            while node.steals:
+                wanted = node.steals.pop(0)
+                queued = node.sent[node.done :]
+                give = not refuse and all(i in queued for i in wanted)
+                if give:
+                    node.sent = node.sent[: node.done] + [i for i in queued if i not in wanted]
+                sched.remove_pending_tests_from_node(node, wanted if give else [])
+        for node in idle:  # work that arrives for an idle node starts now
+            if node.done < len(node.sent):
+                node.clock = max(node.clock, now)
+
+    while True:
+        ready = [node for node in nodes if node.done < len(node.sent)]
+        if not ready:
+            return ran, max(node.clock for node in nodes)
+        node = min(ready, key=lambda n: n.clock)
+        index = node.sent[node.done]
+        node.done += 1
+        nodeid = sched.collection[index]
+        group = group_of(nodeid) or nodeid
+        seconds = 1.0 + (START if group not in node.groups else 0.0)
+        node.groups.add(group)
+        node.clock += seconds
+        ran[node.gateway.id].append(nodeid)
+        call(node.clock, sched.mark_test_complete, node, index, seconds)
+
+
+def steal_setup() -> tuple[EngineScheduling, list[TimedNode], list[str]]:
+    ids = [f"specs/a.yaml::big{i:02d}[xla-n8-grad]" for i in range(60)]
+    ids += [f"specs/a.yaml::mid{i:02d}[xla-n4-grad]" for i in range(12)]
+    ids += [f"specs/a.yaml::small{i}[xla-n1-grad]" for i in range(10)]
+    sched = scheduler(2)
+    nodes = [TimedNode("gw0"), TimedNode("gw1")]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, ids)
+    sched.schedule()
+    return sched, nodes, ids
+
+
+def test_an_idle_worker_takes_the_tail_of_the_longest_group() -> None:
+    sched, nodes, ids = steal_setup()
+    ran, end = simulate(sched, nodes)
+    assert sorted(t for tests in ran.values() for t in tests) == sorted(ids)  # each once
+    assert sched.tests_finished
+    assert all(node.shutting_down for node in nodes)
+    # gw0 runs the big group (65 s); gw1 the others (17 s + 15 s), then the big group's
+    # tail, paying a start: both end at about 52 s instead of 65 s
+    assert any("[xla-n8" in t for t in ran["gw1"])
+    assert not any("[xla-n4" in t or "[xla-n1" in t for t in ran["gw0"])
+    assert end <= 53
+
+
+def test_a_refused_steal_stops_the_thief_and_loses_nothing() -> None:
+    sched, nodes, ids = steal_setup()
+    ran, end = simulate(sched, nodes, refuse=True)
+    assert sorted(t for tests in ran.values() for t in tests) == sorted(ids)
+    assert sched.tests_finished
+    assert end == 65.0  # the big group ran where it started
+    assert not any("[xla-n8" in t for t in ran["gw1"])
+
+
 def test_other_dist_modes_keep_xdists_scheduler() -> None:
     for dist in ("loadscope", "loadfile", "loadgroup", "worksteal", "each", "no"):
         config = SimpleNamespace(option=SimpleNamespace(dist=dist))
@@ -198,3 +289,16 @@ def test_last_failed_works_under_xdist(pytester: pytest.Pytester) -> None:
         "specs/broken.yaml::bad_placement[xla-n1-nograd]",
         "specs/broken.yaml::bad_placement[xla-n2-nograd]",
     ]
+
+
+def test_under_xdist_engines_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.executor import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert "OMP_NUM_THREADS" not in worker_env()  # no xdist: torch's own choice
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    cores = len(os.sched_getaffinity(0))
+    assert worker_env()["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    assert worker_env()["OMP_NUM_THREADS"] == "3"
